@@ -1,0 +1,628 @@
+//! The data model of DESIGN.md §3: an instance, its status and check, and the rules every field
+//! obeys. A [`RegisterRequest`] is what arrives on the wire; [`RegisterRequest::validate`] turns it
+//! into an [`InstanceSpec`] or says exactly which field is wrong and why.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::serde_util::{duration_ms, parse_duration_ms, timestamp_ms};
+
+/// Longest service name (a DNS label).
+pub const MAX_SERVICE_LEN: usize = 63;
+/// Longest instance id.
+pub const MAX_INSTANCE_ID_LEN: usize = 128;
+/// Longest host (a DNS name).
+pub const MAX_HOST_LEN: usize = 253;
+/// Longest `version`, `zone`, `region`, `deploymentGroup` or `protocol`.
+pub const MAX_LABEL_LEN: usize = 64;
+/// Most tags on one instance.
+pub const MAX_TAGS: usize = 32;
+/// Longest tag.
+pub const MAX_TAG_LEN: usize = 64;
+/// Most metadata entries on one instance.
+pub const MAX_METADATA_ENTRIES: usize = 64;
+/// Most bytes of metadata (keys plus values) on one instance.
+pub const MAX_METADATA_BYTES: usize = 4096;
+/// Highest weight.
+pub const MAX_WEIGHT: u32 = 10_000;
+/// Weight when none is given.
+pub const DEFAULT_WEIGHT: u32 = 100;
+/// Shortest lease.
+pub const MIN_LEASE_TTL_MS: u64 = 1_000;
+/// Longest lease.
+pub const MAX_LEASE_TTL_MS: u64 = 3_600_000;
+/// Lease when none is given.
+pub const DEFAULT_LEASE_TTL_MS: u64 = 30_000;
+/// Longest `reason` an operator may give with a status change.
+pub const MAX_REASON_LEN: usize = 256;
+/// Longest check target (a path, URL, `host:port` or gRPC service name).
+pub const MAX_CHECK_TARGET_LEN: usize = 1024;
+
+/// Where an instance is in its lifecycle (DESIGN.md §3).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum Status {
+    /// Registered, readiness not yet confirmed. Not discoverable.
+    Starting,
+    /// Ready and in rotation. The only discoverable status by default.
+    Healthy,
+    /// Taken out of rotation on request; still listed with `status=any`.
+    Draining,
+    /// Readiness failed; out of rotation but the lease is alive.
+    Unhealthy,
+    /// The lease lapsed. Emitted as an event, then dropped from the state.
+    Expired,
+    /// Deregistered. Emitted as an event, then dropped from the state.
+    Removed,
+}
+
+impl Status {
+    /// Every status, in lifecycle order.
+    pub const ALL: [Status; 6] = [
+        Status::Starting,
+        Status::Healthy,
+        Status::Draining,
+        Status::Unhealthy,
+        Status::Expired,
+        Status::Removed,
+    ];
+
+    /// The wire spelling, e.g. `"HEALTHY"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Starting => "STARTING",
+            Status::Healthy => "HEALTHY",
+            Status::Draining => "DRAINING",
+            Status::Unhealthy => "UNHEALTHY",
+            Status::Expired => "EXPIRED",
+            Status::Removed => "REMOVED",
+        }
+    }
+
+    /// Parses a status name, case-insensitively.
+    pub fn parse(text: &str) -> Option<Status> {
+        Status::ALL
+            .into_iter()
+            .find(|s| s.as_str().eq_ignore_ascii_case(text))
+    }
+
+    /// Whether an instance in this status is gone (and will be dropped from the state).
+    pub fn is_terminal(self) -> bool {
+        matches!(self, Status::Expired | Status::Removed)
+    }
+}
+
+impl fmt::Display for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The kind of an active check.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CheckKind {
+    /// An HTTP request; 2xx/3xx is a pass.
+    Http,
+    /// A TCP connect.
+    Tcp,
+    /// The standard `grpc.health.v1` protocol.
+    Grpc,
+    /// No probe: readiness comes with heartbeats only.
+    Ttl,
+}
+
+/// A validated readiness check attached to an instance.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Check {
+    /// What kind of probe.
+    #[serde(rename = "type")]
+    pub kind: CheckKind,
+    /// HTTP: a path (`/health/ready`) or URL; TCP: `host:port` (default: the instance's);
+    /// gRPC: the health service name. Empty for `ttl`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub target: String,
+    /// Time between probes.
+    #[serde(with = "duration_ms")]
+    pub interval: u64,
+    /// Time one probe may take.
+    #[serde(with = "duration_ms")]
+    pub timeout: u64,
+    /// Consecutive passes before an instance counts as ready.
+    pub success_before_healthy: u32,
+    /// Consecutive failures before an instance counts as not ready.
+    pub failures_before_unhealthy: u32,
+}
+
+/// Default interval between probes.
+pub const DEFAULT_CHECK_INTERVAL_MS: u64 = 10_000;
+/// Default probe timeout.
+pub const DEFAULT_CHECK_TIMEOUT_MS: u64 = 2_000;
+/// Default consecutive passes before healthy.
+pub const DEFAULT_SUCCESS_BEFORE_HEALTHY: u32 = 1;
+/// Default consecutive failures before unhealthy.
+pub const DEFAULT_FAILURES_BEFORE_UNHEALTHY: u32 = 3;
+
+/// A check as it arrives on the wire; every field but `type` is optional.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CheckRequest {
+    /// `http`, `tcp`, `grpc` or `ttl`.
+    #[serde(rename = "type")]
+    pub kind: Option<String>,
+    /// See [`Check::target`].
+    pub target: Option<String>,
+    /// e.g. `"10s"`.
+    pub interval: Option<String>,
+    /// e.g. `"2s"`.
+    pub timeout: Option<String>,
+    /// See [`Check::success_before_healthy`].
+    pub success_before_healthy: Option<i64>,
+    /// See [`Check::failures_before_unhealthy`].
+    pub failures_before_unhealthy: Option<i64>,
+}
+
+/// A registration as it arrives on the wire (`POST /v1/instances`).
+///
+/// Numbers are read as `i64` so that an out-of-range value is reported as such (422) rather than
+/// as a type error.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RegisterRequest {
+    /// Service name (a DNS label).
+    pub service: Option<String>,
+    /// Unique instance id.
+    pub instance_id: Option<String>,
+    /// IP literal or host name.
+    pub host: Option<String>,
+    /// 1–65535.
+    pub port: Option<i64>,
+    /// Availability zone.
+    pub zone: Option<String>,
+    /// Region.
+    pub region: Option<String>,
+    /// Version label.
+    pub version: Option<String>,
+    /// 0–10000; default 100.
+    pub weight: Option<i64>,
+    /// Deployment group, e.g. `canary`.
+    pub deployment_group: Option<String>,
+    /// Application protocol, e.g. `http`.
+    pub protocol: Option<String>,
+    /// Free-form tags.
+    pub tags: Option<Vec<String>>,
+    /// Free-form metadata.
+    pub metadata: Option<BTreeMap<String, String>>,
+    /// Shorthand for an HTTP readiness check on this path.
+    pub health_endpoint: Option<String>,
+    /// A full check spec.
+    pub check: Option<CheckRequest>,
+    /// Lease length, e.g. `"30s"`.
+    pub lease_ttl: Option<String>,
+    /// Initial status: `STARTING` (default) or `HEALTHY` (only without a check).
+    pub status: Option<String>,
+}
+
+/// A field that failed validation, with what was expected and what arrived.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct ValidationError {
+    /// The wire name of the field, e.g. `port` or `tags[3]`.
+    pub field: String,
+    /// `missing_field` or `invalid_field`.
+    pub code: &'static str,
+    /// What was wrong and what was expected.
+    pub message: String,
+}
+
+impl ValidationError {
+    fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            code: "invalid_field",
+            message: message.into(),
+        }
+    }
+
+    fn missing(field: &str) -> Self {
+        Self {
+            field: field.into(),
+            code: "missing_field",
+            message: format!("{field} is required"),
+        }
+    }
+}
+
+/// The validated, caller-controlled part of an instance.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct InstanceSpec {
+    /// Service name.
+    pub service: String,
+    /// Unique instance id.
+    pub instance_id: String,
+    /// IP literal or host name.
+    pub host: String,
+    /// TCP port.
+    pub port: u16,
+    /// Availability zone ("" when not given).
+    #[serde(default)]
+    pub zone: String,
+    /// Region ("" when not given).
+    #[serde(default)]
+    pub region: String,
+    /// Version ("" when not given).
+    #[serde(default)]
+    pub version: String,
+    /// Relative weight; 0 = listed but never picked.
+    pub weight: u32,
+    /// Deployment group ("" when not given).
+    #[serde(default)]
+    pub deployment_group: String,
+    /// Application protocol ("" when not given).
+    #[serde(default)]
+    pub protocol: String,
+    /// Tags.
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// Metadata.
+    #[serde(default)]
+    pub metadata: BTreeMap<String, String>,
+    /// Readiness check, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub check: Option<Check>,
+    /// Lease length.
+    #[serde(with = "duration_ms")]
+    pub lease_ttl: u64,
+}
+
+/// A registered instance: its spec plus the server-set lifecycle fields.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Instance {
+    /// What the instance registered with.
+    #[serde(flatten)]
+    pub spec: InstanceSpec,
+    /// Where it is in its lifecycle.
+    pub status: Status,
+    /// Why it is in that status.
+    pub status_reason: String,
+    /// Whether readiness was last reported (or checked) as passing.
+    pub ready: bool,
+    /// When it first registered (the leader's wall clock).
+    #[serde(with = "timestamp_ms")]
+    pub registered_at: u64,
+    /// When its status last changed.
+    #[serde(with = "timestamp_ms")]
+    pub status_changed_at: u64,
+    /// Registry index of its first registration.
+    pub create_index: u64,
+    /// Registry index of its last change.
+    pub modify_index: u64,
+}
+
+impl RegisterRequest {
+    /// Checks every field against DESIGN.md §3 and returns the spec, plus whether the caller asked
+    /// to start HEALTHY.
+    pub fn validate(self) -> Result<(InstanceSpec, bool), ValidationError> {
+        let service = self
+            .service
+            .ok_or_else(|| ValidationError::missing("service"))?;
+        validate_service(&service, "service")?;
+        let instance_id = self
+            .instance_id
+            .ok_or_else(|| ValidationError::missing("instanceId"))?;
+        validate_instance_id(&instance_id, "instanceId")?;
+        let host = self.host.ok_or_else(|| ValidationError::missing("host"))?;
+        validate_host(&host)?;
+        let port = self.port.ok_or_else(|| ValidationError::missing("port"))?;
+        let port = u16::try_from(port)
+            .ok()
+            .filter(|p| *p != 0)
+            .ok_or_else(|| {
+                ValidationError::invalid("port", format!("port must be 1-65535, got {port}"))
+            })?;
+        let zone = label(self.zone, "zone")?;
+        let region = label(self.region, "region")?;
+        let version = label(self.version, "version")?;
+        let deployment_group = label(self.deployment_group, "deploymentGroup")?;
+        let protocol = label(self.protocol, "protocol")?;
+        let weight = match self.weight {
+            None => DEFAULT_WEIGHT,
+            Some(w) => u32::try_from(w)
+                .ok()
+                .filter(|w| *w <= MAX_WEIGHT)
+                .ok_or_else(|| {
+                    ValidationError::invalid(
+                        "weight",
+                        format!("weight must be 0-{MAX_WEIGHT}, got {w}"),
+                    )
+                })?,
+        };
+        let tags = self.tags.unwrap_or_default();
+        if tags.len() > MAX_TAGS {
+            return Err(ValidationError::invalid(
+                "tags",
+                format!("at most {MAX_TAGS} tags are allowed, got {}", tags.len()),
+            ));
+        }
+        for (i, tag) in tags.iter().enumerate() {
+            if tag.is_empty() || tag.len() > MAX_TAG_LEN || tag.chars().any(char::is_control) {
+                return Err(ValidationError::invalid(
+                    format!("tags[{i}]"),
+                    format!("a tag must be 1-{MAX_TAG_LEN} printable bytes, got {tag:?}"),
+                ));
+            }
+        }
+        let metadata = self.metadata.unwrap_or_default();
+        if metadata.len() > MAX_METADATA_ENTRIES {
+            return Err(ValidationError::invalid(
+                "metadata",
+                format!(
+                    "at most {MAX_METADATA_ENTRIES} metadata entries are allowed, got {}",
+                    metadata.len()
+                ),
+            ));
+        }
+        let bytes: usize = metadata.iter().map(|(k, v)| k.len() + v.len()).sum();
+        if bytes > MAX_METADATA_BYTES {
+            return Err(ValidationError::invalid(
+                "metadata",
+                format!(
+                    "metadata may hold at most {MAX_METADATA_BYTES} bytes of keys and values, got {bytes}"
+                ),
+            ));
+        }
+        if let Some(key) = metadata.keys().find(|k| k.is_empty()) {
+            return Err(ValidationError::invalid(
+                "metadata",
+                format!("metadata keys must not be empty, got {key:?}"),
+            ));
+        }
+        let check = match (self.health_endpoint, self.check) {
+            (Some(_), Some(_)) => {
+                return Err(ValidationError::invalid(
+                    "check",
+                    "give either healthEndpoint or check, not both",
+                ));
+            }
+            (Some(path), None) => Some(validate_check(
+                CheckRequest {
+                    kind: Some("http".into()),
+                    target: Some(path),
+                    ..Default::default()
+                },
+                "healthEndpoint",
+            )?),
+            (None, Some(req)) => Some(validate_check(req, "check")?),
+            (None, None) => None,
+        };
+        let lease_ttl = match self.lease_ttl {
+            None => DEFAULT_LEASE_TTL_MS,
+            Some(text) => {
+                let ms = parse_duration_ms(&text)
+                    .map_err(|m| ValidationError::invalid("leaseTtl", m))?;
+                if !(MIN_LEASE_TTL_MS..=MAX_LEASE_TTL_MS).contains(&ms) {
+                    return Err(ValidationError::invalid(
+                        "leaseTtl",
+                        format!("leaseTtl must be between 1s and 1h, got {text:?}"),
+                    ));
+                }
+                ms
+            }
+        };
+        let want_healthy = match self.status.as_deref() {
+            None => false,
+            Some(s) => match Status::parse(s) {
+                Some(Status::Starting) => false,
+                Some(Status::Healthy)
+                    if check.as_ref().is_none_or(|c| c.kind == CheckKind::Ttl) =>
+                {
+                    true
+                }
+                Some(Status::Healthy) => {
+                    return Err(ValidationError::invalid(
+                        "status",
+                        "an instance with an active check starts STARTING and becomes HEALTHY when the check passes",
+                    ));
+                }
+                _ => {
+                    return Err(ValidationError::invalid(
+                        "status",
+                        format!("initial status must be STARTING or HEALTHY, got {s:?}"),
+                    ));
+                }
+            },
+        };
+        let spec = InstanceSpec {
+            service,
+            instance_id,
+            host,
+            port,
+            zone,
+            region,
+            version,
+            weight,
+            deployment_group,
+            protocol,
+            tags,
+            metadata,
+            check,
+            lease_ttl,
+        };
+        Ok((spec, want_healthy))
+    }
+}
+
+fn label(value: Option<String>, field: &str) -> Result<String, ValidationError> {
+    let value = value.unwrap_or_default();
+    if value.len() > MAX_LABEL_LEN || value.chars().any(char::is_control) {
+        return Err(ValidationError::invalid(
+            field,
+            format!(
+                "{field} must be at most {MAX_LABEL_LEN} printable bytes, got {} bytes",
+                value.len()
+            ),
+        ));
+    }
+    Ok(value)
+}
+
+/// Checks a service name against DNS label rules: `[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?`.
+pub fn validate_service(name: &str, field: &str) -> Result<(), ValidationError> {
+    let b = name.as_bytes();
+    let ok_char = |c: &u8| c.is_ascii_lowercase() || c.is_ascii_digit();
+    let valid = !b.is_empty()
+        && b.len() <= MAX_SERVICE_LEN
+        && ok_char(&b[0])
+        && ok_char(&b[b.len() - 1])
+        && b.iter().all(|c| ok_char(c) || *c == b'-');
+    if valid {
+        Ok(())
+    } else {
+        Err(ValidationError::invalid(
+            field,
+            format!(
+                "{field} must be a DNS label (1-63 of a-z, 0-9 and '-', not starting or ending with '-'), got {name:?}"
+            ),
+        ))
+    }
+}
+
+/// Checks an instance id: 1–128 characters of `[A-Za-z0-9._:-]`.
+pub fn validate_instance_id(id: &str, field: &str) -> Result<(), ValidationError> {
+    let valid = !id.is_empty()
+        && id.len() <= MAX_INSTANCE_ID_LEN
+        && id
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b':' | b'-'));
+    if valid {
+        Ok(())
+    } else {
+        Err(ValidationError::invalid(
+            field,
+            format!(
+                "{field} must be 1-{MAX_INSTANCE_ID_LEN} of A-Z, a-z, 0-9, '.', '_', ':' and '-', got {id:?}"
+            ),
+        ))
+    }
+}
+
+fn validate_host(host: &str) -> Result<(), ValidationError> {
+    if host.parse::<std::net::IpAddr>().is_ok() {
+        return Ok(());
+    }
+    let label_ok = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && l.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-')
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+    };
+    let name = host.strip_suffix('.').unwrap_or(host);
+    if !name.is_empty() && host.len() <= MAX_HOST_LEN && name.split('.').all(label_ok) {
+        Ok(())
+    } else {
+        Err(ValidationError::invalid(
+            "host",
+            format!("host must be an IP literal or a DNS host name, got {host:?}"),
+        ))
+    }
+}
+
+fn validate_check(req: CheckRequest, field: &str) -> Result<Check, ValidationError> {
+    let f = |sub: &str| {
+        if field == "check" {
+            format!("check.{sub}")
+        } else {
+            field.to_string()
+        }
+    };
+    let kind = match req.kind.as_deref() {
+        None => return Err(ValidationError::missing(&f("type"))),
+        Some("http") => CheckKind::Http,
+        Some("tcp") => CheckKind::Tcp,
+        Some("grpc") => CheckKind::Grpc,
+        Some("ttl") => CheckKind::Ttl,
+        Some(other) => {
+            return Err(ValidationError::invalid(
+                f("type"),
+                format!("check type must be http, tcp, grpc or ttl, got {other:?}"),
+            ));
+        }
+    };
+    let target = req.target.unwrap_or_default();
+    if target.len() > MAX_CHECK_TARGET_LEN || target.chars().any(char::is_control) {
+        return Err(ValidationError::invalid(
+            f("target"),
+            format!("check target must be at most {MAX_CHECK_TARGET_LEN} printable bytes"),
+        ));
+    }
+    if kind == CheckKind::Http
+        && !(target.starts_with('/')
+            || target.starts_with("http://")
+            || target.starts_with("https://"))
+    {
+        return Err(ValidationError::invalid(
+            f("target"),
+            format!(
+                "an HTTP check needs a path starting with '/' or an http(s) URL, got {target:?}"
+            ),
+        ));
+    }
+    let duration = |v: Option<String>, sub: &str, default: u64| -> Result<u64, ValidationError> {
+        let Some(text) = v else { return Ok(default) };
+        let ms = parse_duration_ms(&text).map_err(|m| ValidationError::invalid(f(sub), m))?;
+        if !(100..=3_600_000).contains(&ms) {
+            return Err(ValidationError::invalid(
+                f(sub),
+                format!("{sub} must be between 100ms and 1h, got {text:?}"),
+            ));
+        }
+        Ok(ms)
+    };
+    let interval = duration(req.interval, "interval", DEFAULT_CHECK_INTERVAL_MS)?;
+    let timeout = duration(
+        req.timeout,
+        "timeout",
+        DEFAULT_CHECK_TIMEOUT_MS.min(interval),
+    )?;
+    if timeout > interval {
+        return Err(ValidationError::invalid(
+            f("timeout"),
+            "check timeout must not exceed its interval",
+        ));
+    }
+    let threshold = |v: Option<i64>, sub: &str, default: u32| -> Result<u32, ValidationError> {
+        match v {
+            None => Ok(default),
+            Some(n) if (1..=100).contains(&n) => Ok(n as u32),
+            Some(n) => Err(ValidationError::invalid(
+                f(sub),
+                format!("{sub} must be 1-100, got {n}"),
+            )),
+        }
+    };
+    Ok(Check {
+        kind,
+        target,
+        interval,
+        timeout,
+        success_before_healthy: threshold(
+            req.success_before_healthy,
+            "successBeforeHealthy",
+            DEFAULT_SUCCESS_BEFORE_HEALTHY,
+        )?,
+        failures_before_unhealthy: threshold(
+            req.failures_before_unhealthy,
+            "failuresBeforeUnhealthy",
+            DEFAULT_FAILURES_BEFORE_UNHEALTHY,
+        )?,
+    })
+}
+
+#[cfg(test)]
+mod tests;

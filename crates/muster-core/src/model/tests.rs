@@ -1,0 +1,186 @@
+use super::*;
+
+const DESIGN_EXAMPLE: &str = r#"{"service":"inventory-api","instanceId":"inventory-api-7f9c8d4f7d-h2kgw","host":"10.42.6.18","port":8080,"zone":"ap-south-1a","region":"ap-south-1","version":"2026.04.18.2","weight":100,"healthEndpoint":"/health/ready"}"#;
+
+fn req(json: &str) -> RegisterRequest {
+    serde_json::from_str(json).expect("valid JSON")
+}
+
+fn err(json: &str) -> ValidationError {
+    req(json).validate().expect_err("must be rejected")
+}
+
+#[test]
+fn the_design_example_validates() {
+    let (spec, healthy) = req(DESIGN_EXAMPLE).validate().expect("valid");
+    assert!(!healthy);
+    assert_eq!(spec.service, "inventory-api");
+    assert_eq!(spec.port, 8080);
+    assert_eq!(spec.weight, 100);
+    assert_eq!(spec.lease_ttl, DEFAULT_LEASE_TTL_MS);
+    let check = spec.check.expect("healthEndpoint becomes a check");
+    assert_eq!(check.kind, CheckKind::Http);
+    assert_eq!(check.target, "/health/ready");
+}
+
+#[test]
+fn unknown_fields_are_rejected_by_serde() {
+    let e =
+        serde_json::from_str::<RegisterRequest>(r#"{"service":"a","colour":"red"}"#).unwrap_err();
+    assert!(e.to_string().contains("colour"), "{e}");
+}
+
+#[test]
+fn missing_fields_name_the_field() {
+    let e = err(r#"{"service":"a","instanceId":"x","host":"h"}"#);
+    assert_eq!((e.code, e.field.as_str()), ("missing_field", "port"));
+}
+
+#[test]
+fn out_of_range_values_say_what_was_expected() {
+    let base =
+        |extra: &str| format!(r#"{{"service":"a","instanceId":"x","host":"h","port":1{extra}}}"#);
+    let cases = [
+        (
+            r#"{"service":"a","instanceId":"x","host":"h","port":0}"#.to_string(),
+            "port",
+            "port must be 1-65535, got 0",
+        ),
+        (
+            r#"{"service":"a","instanceId":"x","host":"h","port":70000}"#.to_string(),
+            "port",
+            "got 70000",
+        ),
+        (
+            base(r#","weight":10001"#),
+            "weight",
+            "weight must be 0-10000",
+        ),
+        (
+            base(r#","leaseTtl":"500ms""#),
+            "leaseTtl",
+            "between 1s and 1h",
+        ),
+        (base(r#","leaseTtl":"2h""#), "leaseTtl", "between 1s and 1h"),
+        (
+            base(r#","leaseTtl":"soon""#),
+            "leaseTtl",
+            "expected a duration",
+        ),
+        (
+            base(r#","status":"DRAINING""#),
+            "status",
+            "STARTING or HEALTHY",
+        ),
+        (
+            base(r#","healthEndpoint":"health""#),
+            "healthEndpoint",
+            "path starting with '/'",
+        ),
+        (
+            base(r#","check":{"type":"smtp"}"#),
+            "check.type",
+            "http, tcp, grpc or ttl",
+        ),
+        (
+            base(r#","check":{"type":"tcp","interval":"1s","timeout":"5s"}"#),
+            "check.timeout",
+            "must not exceed",
+        ),
+        (
+            base(&format!(r#","version":"{}""#, "v".repeat(65))),
+            "version",
+            "at most 64",
+        ),
+        (base(r#","tags":[""]"#), "tags[0]", "a tag must be"),
+    ];
+    for (json, field, message) in cases {
+        let e = err(&json);
+        assert_eq!(e.field, field, "{json}");
+        assert!(e.message.contains(message), "{json}: {}", e.message);
+    }
+}
+
+#[test]
+fn service_and_id_rules() {
+    for bad in ["", "-a", "a-", "A", "a_b", &"a".repeat(64)] {
+        assert!(validate_service(bad, "service").is_err(), "{bad:?}");
+    }
+    for good in ["a", "inventory-api", "a1", &"a".repeat(63)] {
+        assert!(validate_service(good, "service").is_ok(), "{good:?}");
+    }
+    assert!(validate_instance_id(&"x".repeat(129), "instanceId").is_err());
+    assert!(validate_instance_id("pod/1", "instanceId").is_err());
+    assert!(validate_instance_id("a.b_c:d-E9", "instanceId").is_ok());
+}
+
+#[test]
+fn host_rules() {
+    for good in ["10.0.0.1", "::1", "db.internal", "a-b.example.com."] {
+        assert!(validate_host(good).is_ok(), "{good:?}");
+    }
+    for bad in [
+        "",
+        "-a.com",
+        "a..b",
+        "a b",
+        &format!("{}.com", "a".repeat(64)),
+    ] {
+        assert!(validate_host(bad).is_err(), "{bad:?}");
+    }
+}
+
+#[test]
+fn collection_limits() {
+    let tags: Vec<String> = (0..33).map(|i| format!("t{i}")).collect();
+    let json = serde_json::json!({"service":"a","instanceId":"x","host":"h","port":1,"tags":tags})
+        .to_string();
+    assert_eq!(err(&json).field, "tags");
+    let md: BTreeMap<String, String> = (0..65).map(|i| (format!("k{i}"), "v".into())).collect();
+    let json =
+        serde_json::json!({"service":"a","instanceId":"x","host":"h","port":1,"metadata":md})
+            .to_string();
+    assert!(err(&json).message.contains("at most 64"));
+    let md: BTreeMap<String, String> = [("k".to_string(), "v".repeat(4096))].into();
+    let json =
+        serde_json::json!({"service":"a","instanceId":"x","host":"h","port":1,"metadata":md})
+            .to_string();
+    assert!(err(&json).message.contains("4096 bytes"));
+}
+
+#[test]
+fn healthy_at_registration_only_without_an_active_check() {
+    let (_, healthy) =
+        req(r#"{"service":"a","instanceId":"x","host":"h","port":1,"status":"HEALTHY"}"#)
+            .validate()
+            .unwrap();
+    assert!(healthy);
+    let e = err(
+        r#"{"service":"a","instanceId":"x","host":"h","port":1,"status":"HEALTHY","healthEndpoint":"/r"}"#,
+    );
+    assert_eq!(e.field, "status");
+}
+
+#[test]
+fn instance_round_trips_through_json() {
+    let (spec, _) = req(DESIGN_EXAMPLE).validate().unwrap();
+    let inst = Instance {
+        spec,
+        status: Status::Healthy,
+        status_reason: "heartbeat reported ready".into(),
+        ready: true,
+        registered_at: 1_776_000_000_123,
+        status_changed_at: 1_776_000_001_000,
+        create_index: 3,
+        modify_index: 9,
+    };
+    let json = serde_json::to_string(&inst).unwrap();
+    assert!(
+        json.contains(r#""instanceId":"inventory-api-7f9c8d4f7d-h2kgw""#),
+        "{json}"
+    );
+    assert!(json.contains(r#""leaseTtl":"30s""#), "{json}");
+    assert!(json.contains(r#""status":"HEALTHY""#), "{json}");
+    let back: Instance = serde_json::from_str(&json).unwrap();
+    assert_eq!(back, inst);
+}

@@ -1,0 +1,659 @@
+//! The registry state machine: [`Command`]s in, new state plus [`Event`]s out.
+//!
+//! # Correctness
+//!
+//! - `apply` is deterministic: it reads no clock (every command carries the leader's wall time)
+//!   and iterates only ordered maps, so every replica that applies the same log holds the same
+//!   state, and [`Registry::snapshot`] of two such replicas is byte-identical.
+//! - Indices never decrease: the registry index is the index of the last applied log entry, each
+//!   service's modify index is the registry index of its last change, and each instance's
+//!   `modifyIndex` is the registry index of its last change. `apply` rejects an index that does
+//!   not move forward.
+//! - A command that is refused (unknown instance, limit, conflict) changes nothing but the
+//!   registry index.
+//!
+//! The lifecycle (DESIGN.md §3) is enforced here and nowhere else:
+//!
+//! ```text
+//!  register ──▶ STARTING ──ready──▶ HEALTHY ──not ready──▶ UNHEALTHY ──ready──▶ HEALTHY
+//!                  │  (or HEALTHY at once when registered without a check and asked to)
+//!   any live status ──drain──▶ DRAINING ──undrain──▶ HEALTHY if ready, else STARTING
+//!   any live status ──lease lapse──▶ EXPIRED ─┐
+//!   any live status ──deregister───▶ REMOVED ─┴─▶ event emitted, instance dropped
+//! ```
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::{Instance, InstanceSpec, Status};
+
+/// Capacity limits, carried in each `Register` command so that every replica enforces the
+/// leader's configuration, whatever its own.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Limits {
+    /// Most instances one service may hold.
+    pub max_instances_per_service: u32,
+    /// Most instances the registry may hold.
+    pub max_instances: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_instances_per_service: 10_000,
+            max_instances: 200_000,
+        }
+    }
+}
+
+/// A registry mutation: the payload of one Raft log entry. Times are the proposing leader's wall
+/// clock in milliseconds since the Unix epoch.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "camelCase")]
+pub enum Command {
+    /// Register or re-register (upsert by instance id).
+    Register {
+        /// The validated spec.
+        spec: Box<InstanceSpec>,
+        /// The caller asked to start HEALTHY (only valid without an active check).
+        want_healthy: bool,
+        /// Capacity limits in force.
+        limits: Limits,
+        /// Leader wall time.
+        at: u64,
+    },
+    /// Deregister: the instance becomes REMOVED and is dropped.
+    Deregister {
+        /// Instance id.
+        instance_id: String,
+        /// Leader wall time.
+        at: u64,
+    },
+    /// Operator or instance sets DRAINING, or takes it back (`HEALTHY`).
+    SetStatus {
+        /// Instance id.
+        instance_id: String,
+        /// `Draining` or `Healthy`.
+        status: Status,
+        /// Free-form reason; a default is used when empty.
+        reason: String,
+        /// Leader wall time.
+        at: u64,
+    },
+    /// Readiness reported by a heartbeat or a check.
+    SetReadiness {
+        /// Instance id.
+        instance_id: String,
+        /// Whether the instance is ready to serve.
+        ready: bool,
+        /// Why, for `statusReason`.
+        reason: String,
+        /// Leader wall time.
+        at: u64,
+    },
+    /// Lease lapse: each listed instance becomes EXPIRED and is dropped, unless it changed since
+    /// the leader decided (its modify index no longer matches).
+    Expire {
+        /// `(instance id, modify index the leader saw)`.
+        instances: Vec<(String, u64)>,
+        /// Leader wall time.
+        at: u64,
+    },
+}
+
+impl Command {
+    /// A one-word name for logs and metrics.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Command::Register { .. } => "register",
+            Command::Deregister { .. } => "deregister",
+            Command::SetStatus { .. } => "set_status",
+            Command::SetReadiness { .. } => "set_readiness",
+            Command::Expire { .. } => "expire",
+        }
+    }
+}
+
+/// What a command did.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Applied {
+    /// Registered; `created` is false for a re-registration.
+    Registered {
+        /// A new instance (201) rather than an update (200).
+        created: bool,
+        /// The instance as stored.
+        instance: Arc<Instance>,
+    },
+    /// The instance as it is after a status or readiness change (possibly unchanged).
+    Updated {
+        /// The instance as stored.
+        instance: Arc<Instance>,
+    },
+    /// The instance as it was when it was dropped.
+    Removed {
+        /// The instance, with status REMOVED.
+        instance: Arc<Instance>,
+    },
+    /// Ids of the instances that expired (stale entries are skipped).
+    Expired {
+        /// Instance ids.
+        instance_ids: Vec<String>,
+    },
+}
+
+/// Why a command was refused.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[serde(rename_all = "camelCase")]
+#[non_exhaustive]
+pub enum ApplyError {
+    /// No instance has this id.
+    #[error("no instance with id {0:?} is registered")]
+    UnknownInstance(String),
+    /// The instance id is taken by another service.
+    #[error("instance id {instance_id:?} is already registered to service {existing_service:?}")]
+    IdConflict {
+        /// The id.
+        instance_id: String,
+        /// The service that holds it.
+        existing_service: String,
+    },
+    /// A capacity limit would be exceeded.
+    #[error("{what} limit of {limit} instances reached")]
+    LimitExceeded {
+        /// `service` or `registry`.
+        what: String,
+        /// The limit.
+        limit: u32,
+    },
+    /// The requested status change is not allowed from the current status.
+    #[error("cannot set {to} on an instance that is {from}: {why}")]
+    InvalidTransition {
+        /// Current status.
+        from: Status,
+        /// Requested status.
+        to: Status,
+        /// Explanation.
+        why: String,
+    },
+}
+
+/// A change to one service, in apply order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Event {
+    /// Registry index of the change.
+    pub index: u64,
+    /// What happened.
+    pub kind: EventKind,
+    /// The instance after the change (for a removal: with status EXPIRED or REMOVED).
+    pub instance: Arc<Instance>,
+}
+
+/// The kind of an [`Event`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EventKind {
+    /// Created or changed.
+    Upsert,
+    /// Gone (EXPIRED or REMOVED); a tombstone in the event history.
+    Delete,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct ServiceState {
+    modify_index: u64,
+    instances: BTreeSet<String>,
+}
+
+/// The whole registry: every live instance, by id and by service.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Registry {
+    index: u64,
+    instances: BTreeMap<String, Arc<Instance>>,
+    services: BTreeMap<String, ServiceState>,
+}
+
+/// The persisted form of a [`Registry`].
+#[derive(Serialize, Deserialize)]
+struct SnapshotForm {
+    index: u64,
+    services: BTreeMap<String, u64>,
+    instances: Vec<Arc<Instance>>,
+}
+
+/// A snapshot that could not be read back.
+#[derive(Debug, thiserror::Error)]
+#[error("registry snapshot is corrupt: {0}")]
+pub struct SnapshotError(String);
+
+/// `apply` was given an index that does not move forward.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+#[error("log index {given} does not follow the applied index {applied}")]
+pub struct IndexError {
+    /// The index given.
+    pub given: u64,
+    /// The registry index.
+    pub applied: u64,
+}
+
+impl Registry {
+    /// An empty registry at index 0.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Index of the last applied log entry.
+    pub fn index(&self) -> u64 {
+        self.index
+    }
+
+    /// One instance by id.
+    pub fn get(&self, instance_id: &str) -> Option<&Arc<Instance>> {
+        self.instances.get(instance_id)
+    }
+
+    /// Number of live instances.
+    pub fn len(&self) -> usize {
+        self.instances.len()
+    }
+
+    /// Whether the registry holds no instance.
+    pub fn is_empty(&self) -> bool {
+        self.instances.is_empty()
+    }
+
+    /// Every live instance, ordered by id.
+    pub fn instances(&self) -> impl Iterator<Item = &Arc<Instance>> {
+        self.instances.values()
+    }
+
+    /// The modify index of a service, or `None` if it holds no instance.
+    pub fn service_index(&self, service: &str) -> Option<u64> {
+        self.services.get(service).map(|s| s.modify_index)
+    }
+
+    /// Names of every service that holds at least one instance, ordered.
+    pub fn services(&self) -> impl Iterator<Item = &str> {
+        self.services.keys().map(String::as_str)
+    }
+
+    /// A service's instances, ordered by id.
+    pub fn service_instances<'a>(
+        &'a self,
+        service: &str,
+    ) -> impl Iterator<Item = &'a Arc<Instance>> + 'a {
+        self.services
+            .get(service)
+            .into_iter()
+            .flat_map(|s| s.instances.iter())
+            .filter_map(|id| self.instances.get(id))
+    }
+
+    /// Moves the index forward for a log entry that carries no command (a Raft blank or
+    /// membership entry).
+    pub fn advance(&mut self, index: u64) -> Result<(), IndexError> {
+        if index <= self.index {
+            return Err(IndexError {
+                given: index,
+                applied: self.index,
+            });
+        }
+        self.index = index;
+        Ok(())
+    }
+
+    /// Applies the command of log entry `index`, appending the resulting events to `events`.
+    pub fn apply(
+        &mut self,
+        index: u64,
+        cmd: &Command,
+        events: &mut Vec<Event>,
+    ) -> Result<Result<Applied, ApplyError>, IndexError> {
+        self.advance(index)?;
+        Ok(match cmd {
+            Command::Register {
+                spec,
+                want_healthy,
+                limits,
+                at,
+            } => self.register(spec, *want_healthy, *limits, *at, events),
+            Command::Deregister { instance_id, at } => self
+                .remove(
+                    instance_id,
+                    Status::Removed,
+                    "deregistered".into(),
+                    *at,
+                    events,
+                )
+                .map(|instance| Applied::Removed { instance })
+                .ok_or_else(|| ApplyError::UnknownInstance(instance_id.clone())),
+            Command::SetStatus {
+                instance_id,
+                status,
+                reason,
+                at,
+            } => self.set_status(instance_id, *status, reason, *at, events),
+            Command::SetReadiness {
+                instance_id,
+                ready,
+                reason,
+                at,
+            } => self.set_readiness(instance_id, *ready, reason, *at, events),
+            Command::Expire { instances, at } => {
+                let mut instance_ids = Vec::new();
+                for (id, seen) in instances {
+                    let Some(inst) = self.instances.get(id) else {
+                        continue;
+                    };
+                    if inst.modify_index != *seen {
+                        continue;
+                    }
+                    let reason = format!(
+                        "lease expired: no heartbeat within {}",
+                        humantime::format_duration(std::time::Duration::from_millis(
+                            inst.spec.lease_ttl
+                        ))
+                    );
+                    if self
+                        .remove(id, Status::Expired, reason, *at, events)
+                        .is_some()
+                    {
+                        instance_ids.push(id.clone());
+                    }
+                }
+                Ok(Applied::Expired { instance_ids })
+            }
+        })
+    }
+
+    fn register(
+        &mut self,
+        spec: &InstanceSpec,
+        want_healthy: bool,
+        limits: Limits,
+        at: u64,
+        events: &mut Vec<Event>,
+    ) -> Result<Applied, ApplyError> {
+        let index = self.index;
+        if let Some(existing) = self.instances.get(&spec.instance_id) {
+            if existing.spec.service != spec.service {
+                return Err(ApplyError::IdConflict {
+                    instance_id: spec.instance_id.clone(),
+                    existing_service: existing.spec.service.clone(),
+                });
+            }
+            let mut next = Instance::clone(existing);
+            next.spec = spec.clone();
+            if want_healthy && !next.ready {
+                next.ready = true;
+                if next.status == Status::Starting || next.status == Status::Unhealthy {
+                    transition(
+                        &mut next,
+                        Status::Healthy,
+                        "registered as healthy".into(),
+                        at,
+                    );
+                }
+            }
+            if next == **existing {
+                // An idempotent re-registration changes nothing and wakes nobody.
+                return Ok(Applied::Registered {
+                    created: false,
+                    instance: existing.clone(),
+                });
+            }
+            next.modify_index = index;
+            let instance = self.store(next, events);
+            return Ok(Applied::Registered {
+                created: false,
+                instance,
+            });
+        }
+        let in_service = self
+            .services
+            .get(&spec.service)
+            .map_or(0, |s| s.instances.len());
+        if in_service >= limits.max_instances_per_service as usize {
+            return Err(ApplyError::LimitExceeded {
+                what: "per-service".into(),
+                limit: limits.max_instances_per_service,
+            });
+        }
+        if self.instances.len() >= limits.max_instances as usize {
+            return Err(ApplyError::LimitExceeded {
+                what: "registry".into(),
+                limit: limits.max_instances,
+            });
+        }
+        let (status, reason) = if want_healthy {
+            (Status::Healthy, "registered as healthy")
+        } else {
+            (Status::Starting, "registered; waiting for readiness")
+        };
+        let instance = Instance {
+            spec: spec.clone(),
+            status,
+            status_reason: reason.into(),
+            ready: want_healthy,
+            registered_at: at,
+            status_changed_at: at,
+            create_index: index,
+            modify_index: index,
+        };
+        let instance = self.store(instance, events);
+        Ok(Applied::Registered {
+            created: true,
+            instance,
+        })
+    }
+
+    fn set_status(
+        &mut self,
+        id: &str,
+        to: Status,
+        reason: &str,
+        at: u64,
+        events: &mut Vec<Event>,
+    ) -> Result<Applied, ApplyError> {
+        let existing = self
+            .instances
+            .get(id)
+            .ok_or_else(|| ApplyError::UnknownInstance(id.into()))?;
+        let mut next = Instance::clone(existing);
+        let given = |default: &str| {
+            if reason.is_empty() {
+                default.to_string()
+            } else {
+                reason.to_string()
+            }
+        };
+        match (existing.status, to) {
+            (Status::Draining, Status::Draining) | (Status::Healthy, Status::Healthy) => {
+                return Ok(Applied::Updated {
+                    instance: existing.clone(),
+                });
+            }
+            (_, Status::Draining) => {
+                transition(&mut next, Status::Draining, given("drain requested"), at)
+            }
+            (Status::Draining | Status::Starting, Status::Healthy) => {
+                let no_active_check = next
+                    .spec
+                    .check
+                    .as_ref()
+                    .is_none_or(|c| c.kind == crate::CheckKind::Ttl);
+                if next.status == Status::Starting && !no_active_check {
+                    return Err(ApplyError::InvalidTransition {
+                        from: Status::Starting,
+                        to,
+                        why:
+                            "an instance with an active check becomes HEALTHY when the check passes"
+                                .into(),
+                    });
+                }
+                if no_active_check {
+                    next.ready = true;
+                }
+                if next.ready {
+                    transition(&mut next, Status::Healthy, given("returned to service"), at);
+                } else {
+                    transition(
+                        &mut next,
+                        Status::Starting,
+                        given("undrained; waiting for readiness"),
+                        at,
+                    );
+                }
+            }
+            (from, to) => {
+                return Err(ApplyError::InvalidTransition {
+                    from,
+                    to,
+                    why: "only DRAINING and HEALTHY may be set, and UNHEALTHY instances return when readiness passes"
+                        .into(),
+                });
+            }
+        }
+        next.modify_index = self.index;
+        let instance = self.store(next, events);
+        Ok(Applied::Updated { instance })
+    }
+
+    fn set_readiness(
+        &mut self,
+        id: &str,
+        ready: bool,
+        reason: &str,
+        at: u64,
+        events: &mut Vec<Event>,
+    ) -> Result<Applied, ApplyError> {
+        let existing = self
+            .instances
+            .get(id)
+            .ok_or_else(|| ApplyError::UnknownInstance(id.into()))?;
+        if existing.ready == ready {
+            return Ok(Applied::Updated {
+                instance: existing.clone(),
+            });
+        }
+        let mut next = Instance::clone(existing);
+        next.ready = ready;
+        match (next.status, ready) {
+            (Status::Starting | Status::Unhealthy, true) => {
+                transition(&mut next, Status::Healthy, reason.into(), at);
+            }
+            (Status::Healthy, false) => transition(&mut next, Status::Unhealthy, reason.into(), at),
+            // DRAINING keeps its status; STARTING stays STARTING until the first pass.
+            _ => {}
+        }
+        next.modify_index = self.index;
+        let instance = self.store(next, events);
+        Ok(Applied::Updated { instance })
+    }
+
+    /// Stores a live instance and records its event.
+    fn store(&mut self, instance: Instance, events: &mut Vec<Event>) -> Arc<Instance> {
+        let instance = Arc::new(instance);
+        let svc = self
+            .services
+            .entry(instance.spec.service.clone())
+            .or_default();
+        svc.modify_index = self.index;
+        svc.instances.insert(instance.spec.instance_id.clone());
+        self.instances
+            .insert(instance.spec.instance_id.clone(), instance.clone());
+        events.push(Event {
+            index: self.index,
+            kind: EventKind::Upsert,
+            instance: instance.clone(),
+        });
+        instance
+    }
+
+    /// Drops an instance with a terminal status and records its tombstone event.
+    fn remove(
+        &mut self,
+        id: &str,
+        status: Status,
+        reason: String,
+        at: u64,
+        events: &mut Vec<Event>,
+    ) -> Option<Arc<Instance>> {
+        let existing = self.instances.remove(id)?;
+        let mut gone = Instance::clone(&existing);
+        transition(&mut gone, status, reason, at);
+        gone.ready = false;
+        gone.modify_index = self.index;
+        let service = &gone.spec.service;
+        if let Some(svc) = self.services.get_mut(service) {
+            svc.instances.remove(id);
+            svc.modify_index = self.index;
+            if svc.instances.is_empty() {
+                self.services.remove(service);
+            }
+        }
+        let gone = Arc::new(gone);
+        events.push(Event {
+            index: self.index,
+            kind: EventKind::Delete,
+            instance: gone.clone(),
+        });
+        Some(gone)
+    }
+
+    /// The registry as bytes, for a Raft snapshot.
+    pub fn snapshot(&self) -> Vec<u8> {
+        let form = SnapshotForm {
+            index: self.index,
+            services: self
+                .services
+                .iter()
+                .map(|(k, v)| (k.clone(), v.modify_index))
+                .collect(),
+            instances: self.instances.values().cloned().collect(),
+        };
+        serde_json::to_vec(&form).unwrap_or_else(|e| unreachable!("registry always encodes: {e}"))
+    }
+
+    /// Rebuilds a registry from [`Registry::snapshot`] bytes.
+    pub fn restore(bytes: &[u8]) -> Result<Registry, SnapshotError> {
+        let form: SnapshotForm =
+            serde_json::from_slice(bytes).map_err(|e| SnapshotError(e.to_string()))?;
+        let mut reg = Registry {
+            index: form.index,
+            ..Registry::default()
+        };
+        for inst in form.instances {
+            let svc = reg.services.entry(inst.spec.service.clone()).or_default();
+            svc.instances.insert(inst.spec.instance_id.clone());
+            if inst.modify_index > form.index {
+                return Err(SnapshotError(format!(
+                    "instance {:?} has modify index {} beyond the snapshot index {}",
+                    inst.spec.instance_id, inst.modify_index, form.index
+                )));
+            }
+            reg.instances.insert(inst.spec.instance_id.clone(), inst);
+        }
+        for (name, svc) in &mut reg.services {
+            svc.modify_index = *form.services.get(name).ok_or_else(|| {
+                SnapshotError(format!(
+                    "service {name:?} has instances but no modify index"
+                ))
+            })?;
+        }
+        Ok(reg)
+    }
+}
+
+fn transition(inst: &mut Instance, to: Status, reason: String, at: u64) {
+    if inst.status != to {
+        inst.status_changed_at = at;
+    }
+    inst.status = to;
+    inst.status_reason = reason;
+}
+
+#[cfg(test)]
+mod tests;

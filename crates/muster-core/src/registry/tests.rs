@@ -1,0 +1,442 @@
+use super::*;
+use crate::model::RegisterRequest;
+use proptest::prelude::*;
+
+fn spec(service: &str, id: &str, check: bool) -> Box<InstanceSpec> {
+    let mut req = RegisterRequest {
+        service: Some(service.into()),
+        instance_id: Some(id.into()),
+        host: Some("10.0.0.1".into()),
+        port: Some(8080),
+        zone: Some("z1".into()),
+        ..Default::default()
+    };
+    if check {
+        req.health_endpoint = Some("/ready".into());
+    }
+    Box::new(req.validate().expect("valid").0)
+}
+
+fn register(service: &str, id: &str, healthy: bool) -> Command {
+    Command::Register {
+        spec: spec(service, id, !healthy),
+        want_healthy: healthy,
+        limits: Limits::default(),
+        at: 1,
+    }
+}
+
+struct Harness {
+    reg: Registry,
+    events: Vec<Event>,
+}
+
+impl Harness {
+    fn new() -> Self {
+        Self {
+            reg: Registry::new(),
+            events: Vec::new(),
+        }
+    }
+
+    fn apply(&mut self, cmd: Command) -> Result<Applied, ApplyError> {
+        let index = self.reg.index() + 1;
+        self.events.clear();
+        self.reg
+            .apply(index, &cmd, &mut self.events)
+            .expect("index moves forward")
+    }
+
+    fn status(&self, id: &str) -> Option<Status> {
+        self.reg.get(id).map(|i| i.status)
+    }
+}
+
+#[test]
+fn register_starting_then_ready_on_heartbeat() {
+    let mut h = Harness::new();
+    let applied = h.apply(register("inv", "i1", false)).unwrap();
+    assert!(matches!(applied, Applied::Registered { created: true, .. }));
+    assert_eq!(h.status("i1"), Some(Status::Starting));
+    assert_eq!(h.events.len(), 1);
+    h.apply(Command::SetReadiness {
+        instance_id: "i1".into(),
+        ready: true,
+        reason: "heartbeat reported ready".into(),
+        at: 2,
+    })
+    .unwrap();
+    let inst = h.reg.get("i1").unwrap();
+    assert_eq!(
+        (inst.status, inst.status_reason.as_str()),
+        (Status::Healthy, "heartbeat reported ready")
+    );
+    assert_eq!(
+        (inst.create_index, inst.modify_index, inst.status_changed_at),
+        (1, 2, 2)
+    );
+    h.apply(Command::SetReadiness {
+        instance_id: "i1".into(),
+        ready: false,
+        reason: "not ready".into(),
+        at: 3,
+    })
+    .unwrap();
+    assert_eq!(h.status("i1"), Some(Status::Unhealthy));
+}
+
+#[test]
+fn healthy_at_once_without_check() {
+    let mut h = Harness::new();
+    h.apply(register("inv", "i1", true)).unwrap();
+    assert_eq!(h.status("i1"), Some(Status::Healthy));
+}
+
+#[test]
+fn drain_and_undrain() {
+    let mut h = Harness::new();
+    h.apply(register("inv", "i1", true)).unwrap();
+    h.apply(Command::SetStatus {
+        instance_id: "i1".into(),
+        status: Status::Draining,
+        reason: String::new(),
+        at: 5,
+    })
+    .unwrap();
+    assert_eq!(h.reg.get("i1").unwrap().status_reason, "drain requested");
+    assert_eq!(h.status("i1"), Some(Status::Draining));
+    h.apply(Command::SetStatus {
+        instance_id: "i1".into(),
+        status: Status::Healthy,
+        reason: "deploy done".into(),
+        at: 6,
+    })
+    .unwrap();
+    let inst = h.reg.get("i1").unwrap();
+    assert_eq!(
+        (inst.status, inst.status_reason.as_str()),
+        (Status::Healthy, "deploy done")
+    );
+}
+
+#[test]
+fn undrain_of_an_unready_instance_goes_back_to_starting() {
+    let mut h = Harness::new();
+    h.apply(register("inv", "i1", false)).unwrap();
+    h.apply(Command::SetStatus {
+        instance_id: "i1".into(),
+        status: Status::Draining,
+        reason: String::new(),
+        at: 5,
+    })
+    .unwrap();
+    h.apply(Command::SetStatus {
+        instance_id: "i1".into(),
+        status: Status::Healthy,
+        reason: String::new(),
+        at: 6,
+    })
+    .unwrap();
+    assert_eq!(h.status("i1"), Some(Status::Starting));
+}
+
+#[test]
+fn refused_transitions_change_nothing_but_the_index() {
+    let mut h = Harness::new();
+    h.apply(register("inv", "i1", false)).unwrap();
+    let before = h.reg.get("i1").unwrap().clone();
+    let e = h
+        .apply(Command::SetStatus {
+            instance_id: "i1".into(),
+            status: Status::Healthy,
+            reason: String::new(),
+            at: 5,
+        })
+        .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            ApplyError::InvalidTransition {
+                from: Status::Starting,
+                ..
+            }
+        ),
+        "{e}"
+    );
+    let e = h
+        .apply(Command::SetStatus {
+            instance_id: "i1".into(),
+            status: Status::Expired,
+            reason: String::new(),
+            at: 5,
+        })
+        .unwrap_err();
+    assert!(matches!(e, ApplyError::InvalidTransition { .. }), "{e}");
+    assert_eq!(h.reg.get("i1").unwrap(), &before);
+    assert!(h.events.is_empty());
+    assert_eq!(h.reg.index(), 3);
+    let e = h
+        .apply(Command::Deregister {
+            instance_id: "nope".into(),
+            at: 1,
+        })
+        .unwrap_err();
+    assert_eq!(e, ApplyError::UnknownInstance("nope".into()));
+}
+
+#[test]
+fn deregister_emits_a_tombstone_and_drops_the_service() {
+    let mut h = Harness::new();
+    h.apply(register("inv", "i1", true)).unwrap();
+    h.apply(Command::Deregister {
+        instance_id: "i1".into(),
+        at: 9,
+    })
+    .unwrap();
+    assert!(h.reg.get("i1").is_none());
+    assert_eq!(h.reg.service_index("inv"), None);
+    assert_eq!(h.events.len(), 1);
+    assert_eq!(h.events[0].kind, EventKind::Delete);
+    assert_eq!(h.events[0].instance.status, Status::Removed);
+    assert_eq!(h.events[0].index, 2);
+}
+
+#[test]
+fn expire_skips_instances_that_changed_since_the_leader_looked() {
+    let mut h = Harness::new();
+    h.apply(register("inv", "i1", true)).unwrap();
+    h.apply(register("inv", "i2", true)).unwrap();
+    let mut changed = spec("inv", "i2", false);
+    changed.weight = 5;
+    h.apply(Command::Register {
+        spec: changed,
+        want_healthy: false,
+        limits: Limits::default(),
+        at: 3,
+    })
+    .unwrap();
+    let applied = h
+        .apply(Command::Expire {
+            instances: vec![("i1".into(), 1), ("i2".into(), 2)],
+            at: 4,
+        })
+        .unwrap();
+    assert_eq!(
+        applied,
+        Applied::Expired {
+            instance_ids: vec!["i1".into()]
+        }
+    );
+    assert!(h.reg.get("i2").is_some());
+    assert_eq!(h.events[0].instance.status, Status::Expired);
+    assert!(
+        h.events[0].instance.status_reason.contains("lease expired"),
+        "{}",
+        h.events[0].instance.status_reason
+    );
+}
+
+#[test]
+fn idempotent_reregistration_does_not_touch_the_service_index() {
+    let mut h = Harness::new();
+    h.apply(register("inv", "i1", true)).unwrap();
+    let applied = h.apply(register("inv", "i1", true)).unwrap();
+    assert!(matches!(
+        applied,
+        Applied::Registered { created: false, .. }
+    ));
+    assert!(h.events.is_empty());
+    assert_eq!(h.reg.service_index("inv"), Some(1));
+    assert_eq!(h.reg.index(), 2);
+}
+
+#[test]
+fn one_service_changing_leaves_the_other_index_alone() {
+    let mut h = Harness::new();
+    h.apply(register("a", "a1", true)).unwrap();
+    h.apply(register("b", "b1", true)).unwrap();
+    h.apply(Command::Deregister {
+        instance_id: "a1".into(),
+        at: 3,
+    })
+    .unwrap();
+    h.apply(register("a", "a2", true)).unwrap();
+    assert_eq!(h.reg.service_index("a"), Some(4));
+    assert_eq!(h.reg.service_index("b"), Some(2));
+}
+
+#[test]
+fn id_conflicts_and_limits() {
+    let mut h = Harness::new();
+    h.apply(register("a", "x", true)).unwrap();
+    let e = h.apply(register("b", "x", true)).unwrap_err();
+    assert!(matches!(e, ApplyError::IdConflict { .. }), "{e}");
+    let limits = Limits {
+        max_instances_per_service: 1,
+        max_instances: 2,
+    };
+    let e = h
+        .apply(Command::Register {
+            spec: spec("a", "y", false),
+            want_healthy: false,
+            limits,
+            at: 1,
+        })
+        .unwrap_err();
+    assert_eq!(
+        e,
+        ApplyError::LimitExceeded {
+            what: "per-service".into(),
+            limit: 1
+        }
+    );
+    h.apply(Command::Register {
+        spec: spec("b", "y", false),
+        want_healthy: false,
+        limits,
+        at: 1,
+    })
+    .unwrap();
+    let e = h
+        .apply(Command::Register {
+            spec: spec("c", "z", false),
+            want_healthy: false,
+            limits,
+            at: 1,
+        })
+        .unwrap_err();
+    assert_eq!(
+        e,
+        ApplyError::LimitExceeded {
+            what: "registry".into(),
+            limit: 2
+        }
+    );
+    // Updating an existing instance is never refused by a limit.
+    h.apply(Command::Register {
+        spec: spec("b", "y", true),
+        want_healthy: false,
+        limits,
+        at: 2,
+    })
+    .unwrap();
+}
+
+#[test]
+fn apply_refuses_an_index_that_does_not_move_forward() {
+    let mut reg = Registry::new();
+    reg.advance(5).unwrap();
+    let err = reg
+        .apply(5, &register("a", "x", true), &mut Vec::new())
+        .unwrap_err();
+    assert_eq!(
+        err,
+        IndexError {
+            given: 5,
+            applied: 5
+        }
+    );
+    assert!(reg.is_empty());
+}
+
+#[test]
+fn corrupt_snapshots_are_reported() {
+    assert!(Registry::restore(b"{").is_err());
+    assert!(Registry::restore(br#"{"index":1,"services":{},"instances":[]}"#).is_ok());
+}
+
+fn arb_command() -> impl Strategy<Value = Command> {
+    let id = prop::sample::select(vec!["i0", "i1", "i2", "i3", "i4", "i5"]);
+    let svc = prop::sample::select(vec!["a", "b", "c"]);
+    prop_oneof![
+        (svc, id.clone(), any::<bool>(), any::<bool>(), 0u32..3).prop_map(
+            |(s, i, check, healthy, w)| {
+                let mut sp = spec(s, i, check);
+                sp.weight = w;
+                Command::Register {
+                    spec: sp,
+                    want_healthy: healthy && !check,
+                    limits: Limits {
+                        max_instances_per_service: 4,
+                        max_instances: 5,
+                    },
+                    at: 10,
+                }
+            }
+        ),
+        id.clone().prop_map(|i| Command::Deregister {
+            instance_id: i.into(),
+            at: 11
+        }),
+        (
+            id.clone(),
+            prop::sample::select(vec![Status::Draining, Status::Healthy, Status::Unhealthy])
+        )
+            .prop_map(|(i, s)| Command::SetStatus {
+                instance_id: i.into(),
+                status: s,
+                reason: String::new(),
+                at: 12
+            }),
+        (id.clone(), any::<bool>()).prop_map(|(i, r)| Command::SetReadiness {
+            instance_id: i.into(),
+            ready: r,
+            reason: "probe".into(),
+            at: 13
+        }),
+        prop::collection::vec((id, 0u64..20), 0..4).prop_map(|v| Command::Expire {
+            instances: v.into_iter().map(|(i, m)| (i.to_string(), m)).collect(),
+            at: 14
+        }),
+    ]
+}
+
+proptest! {
+    #[test]
+    fn snapshot_restore_gives_the_same_state(cmds in prop::collection::vec(arb_command(), 0..60)) {
+        let mut reg = Registry::new();
+        let mut events = Vec::new();
+        for (i, cmd) in cmds.iter().enumerate() {
+            let _ = reg.apply(i as u64 + 1, cmd, &mut events).unwrap();
+            let restored = Registry::restore(&reg.snapshot()).unwrap();
+            prop_assert_eq!(&restored, &reg);
+            prop_assert_eq!(restored.snapshot(), reg.snapshot());
+        }
+    }
+
+    #[test]
+    fn indices_never_decrease(cmds in prop::collection::vec(arb_command(), 0..80)) {
+        let mut reg = Registry::new();
+        let mut svc_index: BTreeMap<String, u64> = BTreeMap::new();
+        let mut inst_index: BTreeMap<String, u64> = BTreeMap::new();
+        for (i, cmd) in cmds.iter().enumerate() {
+            let index = i as u64 + 1;
+            let mut events = Vec::new();
+            let _ = reg.apply(index, cmd, &mut events).unwrap();
+            prop_assert_eq!(reg.index(), index);
+            for ev in &events {
+                prop_assert_eq!(ev.index, index);
+                prop_assert_eq!(ev.instance.modify_index, index);
+                prop_assert_eq!(ev.kind == EventKind::Delete, ev.instance.status.is_terminal());
+            }
+            for name in ["a", "b", "c"] {
+                if let Some(now) = reg.service_index(name) {
+                    let before = svc_index.insert(name.into(), now).unwrap_or(0);
+                    prop_assert!(now >= before && now <= index);
+                }
+            }
+            for inst in reg.instances() {
+                let before = inst_index.insert(inst.spec.instance_id.clone(), inst.modify_index).unwrap_or(0);
+                prop_assert!(inst.modify_index >= before);
+                prop_assert!(inst.create_index <= inst.modify_index);
+                prop_assert!(!inst.status.is_terminal());
+                // The lifecycle: only ready instances are HEALTHY.
+                prop_assert!(inst.status != Status::Healthy || inst.ready);
+            }
+            // Every service with instances is known, and every instance's service lists it.
+            for name in reg.services().map(str::to_string).collect::<Vec<_>>() {
+                prop_assert!(reg.service_instances(&name).count() > 0);
+            }
+        }
+    }
+}

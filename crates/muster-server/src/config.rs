@@ -1,0 +1,233 @@
+//! Server configuration: parsed from a TOML file, flags and `MUSTER_*` variables by the binary,
+//! then validated here. Every key, its default and its bounds are listed in docs/operations.md.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// A configuration value out of bounds.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration: {key}: {message}")]
+pub struct ConfigError {
+    /// The key, as written in the TOML file.
+    pub key: &'static str,
+    /// What was wrong and what was expected.
+    pub message: String,
+}
+
+fn err(key: &'static str, message: impl Into<String>) -> ConfigError {
+    ConfigError {
+        key,
+        message: message.into(),
+    }
+}
+
+/// Every server setting. Keys are snake_case in TOML, `--kebab-case` as flags and
+/// `MUSTER_UPPER_CASE` in the environment.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Raft node id (≥ 1).
+    pub node_id: u64,
+    /// Where the log, snapshots and metadata live.
+    pub data_dir: PathBuf,
+    /// Address the HTTP API listens on.
+    pub http_addr: SocketAddr,
+    /// Address other nodes and clients are told to use (default: `http://<http_addr>`).
+    pub advertise_addr: Option<String>,
+    /// Most instances in the registry.
+    pub max_instances: u32,
+    /// Most instances in one service.
+    pub max_instances_per_service: u32,
+    /// Largest request body, in bytes.
+    pub max_body_bytes: usize,
+    /// Events kept per service for watch resumption.
+    pub watch_history: usize,
+    /// Take a Raft snapshot after this many log entries.
+    pub snapshot_every: u64,
+    /// Log entries kept behind a snapshot.
+    pub keep_behind_snapshot: u64,
+    /// Raft leader heartbeat interval, e.g. `"50ms"`.
+    pub raft_heartbeat_interval: String,
+    /// Raft election timeout, lower bound.
+    pub raft_election_timeout_min: String,
+    /// Raft election timeout, upper bound.
+    pub raft_election_timeout_max: String,
+    /// Log filter (tracing `EnvFilter` syntax), e.g. `info` or `muster_server=debug`.
+    pub log: String,
+    /// `text` or `json`.
+    pub log_format: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            node_id: 1,
+            data_dir: PathBuf::from("muster-data"),
+            http_addr: SocketAddr::from(([127, 0, 0, 1], 7070)),
+            advertise_addr: None,
+            max_instances: 200_000,
+            max_instances_per_service: 10_000,
+            max_body_bytes: 256 * 1024,
+            watch_history: 1024,
+            snapshot_every: 10_000,
+            keep_behind_snapshot: 20_000,
+            raft_heartbeat_interval: "50ms".into(),
+            raft_election_timeout_min: "150ms".into(),
+            raft_election_timeout_max: "300ms".into(),
+            log: "info".into(),
+            log_format: "text".into(),
+        }
+    }
+}
+
+/// A configuration whose every value is within bounds.
+#[derive(Clone, Debug)]
+pub struct ValidConfig {
+    /// The values as given.
+    pub config: Config,
+    /// Parsed `raft_heartbeat_interval`.
+    pub heartbeat_interval: Duration,
+    /// Parsed `raft_election_timeout_min`.
+    pub election_timeout_min: Duration,
+    /// Parsed `raft_election_timeout_max`.
+    pub election_timeout_max: Duration,
+}
+
+fn duration(key: &'static str, text: &str) -> Result<Duration, ConfigError> {
+    let ms = muster_core::parse_duration_ms(text).map_err(|m| err(key, m))?;
+    Ok(Duration::from_millis(ms))
+}
+
+impl Config {
+    /// Checks every value and parses the durations.
+    pub fn validate(self) -> Result<ValidConfig, ConfigError> {
+        if self.node_id == 0 {
+            return Err(err("node_id", "must be at least 1"));
+        }
+        if self.data_dir.as_os_str().is_empty() {
+            return Err(err("data_dir", "must not be empty"));
+        }
+        if self.max_instances == 0 || self.max_instances_per_service == 0 {
+            return Err(err("max_instances", "instance limits must be at least 1"));
+        }
+        if self.max_instances_per_service > self.max_instances {
+            return Err(err(
+                "max_instances_per_service",
+                "must not exceed max_instances",
+            ));
+        }
+        if !(1024..=64 * 1024 * 1024).contains(&self.max_body_bytes) {
+            return Err(err(
+                "max_body_bytes",
+                format!("must be 1 KiB to 64 MiB, got {}", self.max_body_bytes),
+            ));
+        }
+        if !(1..=1_000_000).contains(&self.watch_history) {
+            return Err(err(
+                "watch_history",
+                format!("must be 1 to 1000000, got {}", self.watch_history),
+            ));
+        }
+        if self.snapshot_every < 100 {
+            return Err(err(
+                "snapshot_every",
+                format!("must be at least 100, got {}", self.snapshot_every),
+            ));
+        }
+        if self.keep_behind_snapshot < 1000 {
+            return Err(err(
+                "keep_behind_snapshot",
+                format!(
+                    "must be at least 1000 (see openraft issue #2116), got {}",
+                    self.keep_behind_snapshot
+                ),
+            ));
+        }
+        if !matches!(self.log_format.as_str(), "text" | "json") {
+            return Err(err(
+                "log_format",
+                format!("must be text or json, got {:?}", self.log_format),
+            ));
+        }
+        let heartbeat_interval =
+            duration("raft_heartbeat_interval", &self.raft_heartbeat_interval)?;
+        let election_timeout_min =
+            duration("raft_election_timeout_min", &self.raft_election_timeout_min)?;
+        let election_timeout_max =
+            duration("raft_election_timeout_max", &self.raft_election_timeout_max)?;
+        if heartbeat_interval.is_zero() || election_timeout_min <= heartbeat_interval {
+            return Err(err(
+                "raft_election_timeout_min",
+                "must be longer than raft_heartbeat_interval, which must be above zero",
+            ));
+        }
+        if election_timeout_max <= election_timeout_min {
+            return Err(err(
+                "raft_election_timeout_max",
+                "must be longer than raft_election_timeout_min",
+            ));
+        }
+        if let Some(a) = &self.advertise_addr
+            && !(a.starts_with("http://") || a.starts_with("https://"))
+        {
+            return Err(err(
+                "advertise_addr",
+                format!("must be an http(s) URL, got {a:?}"),
+            ));
+        }
+        Ok(ValidConfig {
+            config: self,
+            heartbeat_interval,
+            election_timeout_min,
+            election_timeout_max,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        Config::default().validate().expect("defaults validate");
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected() {
+        let e = toml::from_str::<Config>("data_dir = \"x\"\ncolour = \"red\"\n").unwrap_err();
+        assert!(e.to_string().contains("colour"), "{e}");
+    }
+
+    #[test]
+    fn out_of_bounds_values_name_the_key() {
+        let cases = [
+            ("node_id = 0", "node_id"),
+            ("max_body_bytes = 10", "max_body_bytes"),
+            (
+                "raft_heartbeat_interval = \"500ms\"",
+                "raft_election_timeout_min",
+            ),
+            (
+                "raft_election_timeout_max = \"100ms\"",
+                "raft_election_timeout_max",
+            ),
+            ("log_format = \"xml\"", "log_format"),
+            ("keep_behind_snapshot = 10", "keep_behind_snapshot"),
+            (
+                "raft_heartbeat_interval = \"soon\"",
+                "raft_heartbeat_interval",
+            ),
+        ];
+        for (text, key) in cases {
+            let e = toml::from_str::<Config>(text)
+                .unwrap()
+                .validate()
+                .unwrap_err();
+            assert_eq!(e.key, key, "{text}");
+        }
+    }
+}

@@ -1,0 +1,654 @@
+//! HTTP API v1 (DESIGN.md §5; every endpoint and error code is in docs/api.md).
+//!
+//! Writes become registry commands proposed through Raft and answer once applied. Lookups answer
+//! from the hub's pre-encoded views; blocking queries and watches wait on one service's index.
+
+mod error;
+mod extract;
+mod watch;
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::rejection::{BytesRejection, PathRejection};
+use axum::extract::{MatchedPath, Path, RawQuery, Request, State};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use muster_core::{
+    Applied, Command, Instance, Limits, RegisterRequest, RenewError, Status, format_timestamp,
+};
+use muster_proto::{
+    BatchHeartbeatRequest, BatchHeartbeatResponse, HeartbeatRequest, HeartbeatResponse,
+    HeartbeatResult, MAX_BATCH_HEARTBEAT, RegisterResponse, ServiceSummary, ServicesResponse,
+    StatusRequest,
+};
+use muster_store::Store;
+use serde::Serialize;
+
+pub use error::ApiError;
+
+use crate::hub::{Hub, ServiceView};
+use crate::leases::{Leases, wall_ms};
+use crate::metrics::{Metrics, ResultLabels, RouteLabels};
+use crate::raft::RaftNode;
+
+/// Everything a handler needs.
+pub struct AppState {
+    /// Raft and the registry.
+    pub raft: Arc<RaftNode>,
+    /// Encoded views and watch history.
+    pub hub: Arc<Hub>,
+    /// Lease table.
+    pub leases: Arc<Leases>,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// The store (for its counters).
+    pub store: Store,
+    /// Capacity limits put into each registration.
+    pub limits: Limits,
+}
+
+type AppRef = State<Arc<AppState>>;
+type ApiResult = Result<Response, ApiError>;
+
+/// The `X-Muster-Index` header.
+pub const INDEX_HEADER: &str = "x-muster-index";
+
+/// Builds the router with its body limit, panic guard and latency metrics.
+pub fn router(state: Arc<AppState>, max_body_bytes: usize) -> Router {
+    Router::new()
+        .route("/v1/instances", post(register))
+        .route("/v1/instances/{id}", get(get_instance).delete(deregister))
+        .route("/v1/instances/{id}/heartbeat", post(heartbeat))
+        .route("/v1/instances/{id}/status", put(set_status))
+        .route("/v1/heartbeats", post(batch_heartbeat))
+        .route("/v1/services", get(list_services))
+        .route("/v1/services/{service}", get(service_instances))
+        .route("/v1/watch", get(watch::watch))
+        .route("/v1/cluster", get(cluster))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn_with_state(state.clone(), observe))
+        .layer(axum::extract::DefaultBodyLimit::max(max_body_bytes))
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(
+            panic_response,
+        ))
+        .with_state(state)
+}
+
+fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    tracing::error!("a request handler panicked");
+    ApiError::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "internal",
+        "internal error; see the server log",
+    )
+    .into_response()
+}
+
+async fn observe(State(app): AppRef, req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
+    let method = req.method().to_string();
+    let start = tokio::time::Instant::now();
+    let resp = next.run(req).await;
+    app.metrics
+        .http_latency
+        .get_or_create(&RouteLabels { route, method })
+        .observe(start.elapsed().as_secs_f64());
+    resp
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        "no such endpoint; see docs/api.md",
+    )
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this endpoint does not take that method",
+    )
+}
+
+fn json_response<T: Serialize>(status: StatusCode, body: &T) -> Response {
+    match serde_json::to_vec(body) {
+        Ok(bytes) => bytes_response(status, Bytes::from(bytes)),
+        Err(e) => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+            .into_response(),
+    }
+}
+
+fn bytes_response(status: StatusCode, body: Bytes) -> Response {
+    let mut resp = (status, Body::from(body)).into_response();
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+fn path_id(p: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
+    let Path(id) = p.map_err(|e| ApiError::bad_param("id", e.body_text()))?;
+    extract::instance_id(&id)?;
+    Ok(id)
+}
+
+/// Adds `X-Muster-Index`, `X-Muster-Known-Leader` and `X-Muster-Last-Contact`.
+fn consistency_headers(app: &AppState, headers: &mut HeaderMap, index: u64) {
+    let status = app.raft.status();
+    let set = |h: &mut HeaderMap, name: &'static str, v: String| {
+        if let Ok(v) = HeaderValue::from_str(&v) {
+            h.insert(HeaderName::from_static(name), v);
+        }
+    };
+    set(headers, INDEX_HEADER, index.to_string());
+    set(
+        headers,
+        "x-muster-known-leader",
+        status.leader_id.is_some().to_string(),
+    );
+    if let Some(ms) = status.last_contact_ms {
+        set(headers, "x-muster-last-contact", ms.to_string());
+    }
+}
+
+async fn register(State(app): AppRef, body: Result<Bytes, BytesRejection>) -> ApiResult {
+    let req: RegisterRequest = extract::json(body, false)?;
+    let (spec, want_healthy) = req.validate()?;
+    let cmd = Command::Register {
+        spec: Box::new(spec),
+        want_healthy,
+        limits: app.limits,
+        at: wall_ms(),
+    };
+    let proposed = app.raft.propose(cmd).await?;
+    match proposed.outcome? {
+        Applied::Registered { created, instance } => {
+            // A registration is a liveness claim: the lease starts over.
+            app.leases.refresh(
+                &instance.spec.instance_id,
+                instance.spec.lease_ttl,
+                instance.modify_index,
+            );
+            if created {
+                app.metrics.registrations.inc();
+            }
+            let status = if created {
+                StatusCode::CREATED
+            } else {
+                StatusCode::OK
+            };
+            let mut resp = json_response(
+                status,
+                &RegisterResponse {
+                    instance,
+                    index: proposed.index,
+                },
+            );
+            consistency_headers(&app, resp.headers_mut(), proposed.index);
+            Ok(resp)
+        }
+        other => Err(unexpected(&other)),
+    }
+}
+
+fn unexpected(applied: &Applied) -> ApiError {
+    ApiError::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "internal",
+        format!("unexpected outcome {applied:?}"),
+    )
+}
+
+/// One instance with its live lease times.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct InstanceWithLease<'a> {
+    #[serde(flatten)]
+    instance: &'a Instance,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    last_heartbeat_at: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    lease_expires_at: Option<String>,
+}
+
+fn rfc3339(t: SystemTime) -> String {
+    let ms = t
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(0));
+    format_timestamp(ms).to_string()
+}
+
+async fn get_instance(State(app): AppRef, id: Result<Path<String>, PathRejection>) -> ApiResult {
+    let id = path_id(id)?;
+    let (instance, index) = app
+        .raft
+        .read(|r| r.get(&id).cloned().map(|i| (i, r.index())))
+        .ok_or_else(|| ApiError::unknown_instance(&id))?;
+    let times = app.leases.times(&id);
+    let body = InstanceWithLease {
+        instance: &instance,
+        last_heartbeat_at: times.map(|t| rfc3339(t.renewed_at)),
+        lease_expires_at: times.map(|t| rfc3339(t.expires_at)),
+    };
+    let mut resp = json_response(StatusCode::OK, &body);
+    consistency_headers(&app, resp.headers_mut(), index);
+    Ok(resp)
+}
+
+async fn deregister(State(app): AppRef, id: Result<Path<String>, PathRejection>) -> ApiResult {
+    let id = path_id(id)?;
+    let proposed = app
+        .raft
+        .propose(Command::Deregister {
+            instance_id: id,
+            at: wall_ms(),
+        })
+        .await?;
+    match proposed.outcome? {
+        Applied::Removed { instance } => {
+            app.metrics.deregistrations.inc();
+            Ok(json_response(
+                StatusCode::OK,
+                &RegisterResponse {
+                    instance,
+                    index: proposed.index,
+                },
+            ))
+        }
+        other => Err(unexpected(&other)),
+    }
+}
+
+/// Renews one lease, proposing a readiness change if the instance reports one.
+async fn renew_one(app: &AppState, id: &str, ready: Option<bool>) -> Result<SystemTime, ApiError> {
+    if !app.raft.is_leader() {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no_leader",
+            "this node is not the leader; leases are renewed on the leader",
+        ));
+    }
+    let renewed = app.leases.renew(id);
+    let result = match renewed {
+        Ok(_) => "ok",
+        Err(RenewError::Lapsed) => "expired",
+        Err(_) => "unknown",
+    };
+    app.metrics
+        .heartbeats
+        .get_or_create(&ResultLabels { result })
+        .inc();
+    let expires = match renewed {
+        Ok(t) => t,
+        Err(RenewError::Lapsed) => {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                "unknown_instance",
+                format!("the lease of {id:?} has expired; register it again"),
+            ));
+        }
+        Err(_) => return Err(ApiError::unknown_instance(id)),
+    };
+    if let Some(ready) = ready {
+        let current = app.raft.read(|r| r.get(id).map(|i| i.ready));
+        if current.is_some_and(|c| c != ready) {
+            let reason = if ready {
+                "heartbeat reported ready"
+            } else {
+                "heartbeat reported not ready"
+            };
+            let cmd = Command::SetReadiness {
+                instance_id: id.into(),
+                ready,
+                reason: reason.into(),
+                at: wall_ms(),
+            };
+            app.raft.propose(cmd).await?.outcome?;
+        }
+    }
+    Ok(expires)
+}
+
+async fn heartbeat(
+    State(app): AppRef,
+    id: Result<Path<String>, PathRejection>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult {
+    let id = path_id(id)?;
+    let req: HeartbeatRequest = extract::json(body, true)?;
+    let expires = renew_one(&app, &id, req.ready).await?;
+    Ok(json_response(
+        StatusCode::OK,
+        &HeartbeatResponse {
+            lease_expires_at: rfc3339(expires),
+        },
+    ))
+}
+
+async fn batch_heartbeat(State(app): AppRef, body: Result<Bytes, BytesRejection>) -> ApiResult {
+    let req: BatchHeartbeatRequest = extract::json(body, false)?;
+    let ids = req.instance_ids.ok_or_else(|| {
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "missing_field",
+            "instanceIds is required",
+        )
+        .field("instanceIds")
+    })?;
+    if ids.len() > MAX_BATCH_HEARTBEAT {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_field",
+            format!(
+                "at most {MAX_BATCH_HEARTBEAT} instance ids per batch, got {}",
+                ids.len()
+            ),
+        )
+        .field("instanceIds"));
+    }
+    for (i, id) in ids.iter().enumerate() {
+        muster_core::model::validate_instance_id(id, &format!("instanceIds[{i}]"))?;
+    }
+    let mut results = Vec::with_capacity(ids.len());
+    for id in ids {
+        results.push(match renew_one(&app, &id, None).await {
+            Ok(t) => HeartbeatResult {
+                instance_id: id,
+                ok: true,
+                lease_expires_at: Some(rfc3339(t)),
+                error: None,
+            },
+            // Not the leader (or no Raft): the whole batch fails the same way.
+            Err(e) if e.status() == StatusCode::SERVICE_UNAVAILABLE => return Err(e),
+            Err(e) => HeartbeatResult {
+                instance_id: id,
+                ok: false,
+                lease_expires_at: None,
+                error: Some(e.detail()),
+            },
+        });
+    }
+    Ok(json_response(
+        StatusCode::OK,
+        &BatchHeartbeatResponse { results },
+    ))
+}
+
+async fn set_status(
+    State(app): AppRef,
+    id: Result<Path<String>, PathRejection>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult {
+    let id = path_id(id)?;
+    let req: StatusRequest = extract::json(body, false)?;
+    let text = req.status.ok_or_else(|| {
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "missing_field",
+            "status is required",
+        )
+        .field("status")
+    })?;
+    let status = match Status::parse(&text) {
+        Some(s @ (Status::Draining | Status::Healthy)) => s,
+        _ => {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_field",
+                format!("status must be DRAINING or HEALTHY, got {text:?}"),
+            )
+            .field("status"));
+        }
+    };
+    let reason = req.reason.unwrap_or_default();
+    if reason.len() > muster_core::model::MAX_REASON_LEN || reason.chars().any(char::is_control) {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_field",
+            format!(
+                "reason must be at most {} printable bytes",
+                muster_core::model::MAX_REASON_LEN
+            ),
+        )
+        .field("reason"));
+    }
+    let proposed = app
+        .raft
+        .propose(Command::SetStatus {
+            instance_id: id,
+            status,
+            reason,
+            at: wall_ms(),
+        })
+        .await?;
+    match proposed.outcome? {
+        Applied::Updated { instance } => Ok(json_response(
+            StatusCode::OK,
+            &RegisterResponse {
+                instance,
+                index: proposed.index,
+            },
+        )),
+        other => Err(unexpected(&other)),
+    }
+}
+
+async fn list_services(State(app): AppRef, RawQuery(raw): RawQuery) -> ApiResult {
+    extract::query(raw.as_deref(), &[])?;
+    let services = app
+        .hub
+        .views()
+        .iter()
+        .map(|v| {
+            let (statuses, zones) = v.counts();
+            ServiceSummary {
+                name: v.service.to_string(),
+                index: v.index,
+                instances: v.instances.len() as u64,
+                statuses: statuses
+                    .into_iter()
+                    .map(|(k, n)| (k.to_string(), n))
+                    .collect(),
+                zones,
+            }
+        })
+        .collect();
+    let index = app.hub.registry_index();
+    let mut resp = json_response(StatusCode::OK, &ServicesResponse { index, services });
+    consistency_headers(&app, resp.headers_mut(), index);
+    Ok(resp)
+}
+
+/// Which instances a lookup wants.
+struct Filter {
+    status: Option<Status>,
+    zone: Option<String>,
+    region: Option<String>,
+    group: Option<String>,
+    tag: Vec<String>,
+    version: Option<String>,
+}
+
+impl Filter {
+    fn is_default(&self) -> bool {
+        self.status == Some(Status::Healthy)
+            && self.zone.is_none()
+            && self.region.is_none()
+            && self.group.is_none()
+            && self.tag.is_empty()
+            && self.version.is_none()
+    }
+
+    fn keep(&self, i: &Instance) -> bool {
+        self.status.is_none_or(|s| i.status == s)
+            && self.zone.as_ref().is_none_or(|z| &i.spec.zone == z)
+            && self.region.as_ref().is_none_or(|r| &i.spec.region == r)
+            && self
+                .group
+                .as_ref()
+                .is_none_or(|g| &i.spec.deployment_group == g)
+            && self.version.as_ref().is_none_or(|v| &i.spec.version == v)
+            && self.tag.iter().all(|t| i.spec.tags.contains(t))
+    }
+}
+
+const LOOKUP_PARAMS: &[&str] = &[
+    "status", "zone", "region", "group", "tag", "version", "index", "wait",
+];
+
+async fn service_instances(
+    State(app): AppRef,
+    service: Result<Path<String>, PathRejection>,
+    RawQuery(raw): RawQuery,
+) -> ApiResult {
+    let Path(service) = service.map_err(|e| ApiError::bad_param("service", e.body_text()))?;
+    muster_core::model::validate_service(&service, "service")
+        .map_err(|e| ApiError::bad_param("service", e.message))?;
+    let pairs = extract::query(raw.as_deref(), LOOKUP_PARAMS)?;
+    let status = match extract::single(&pairs, "status")? {
+        None => Some(Status::Healthy),
+        Some(s) if s.eq_ignore_ascii_case("any") => None,
+        Some(s) => Some(Status::parse(s).filter(|s| !s.is_terminal()).ok_or_else(|| {
+            ApiError::bad_param(
+                "status",
+                format!("status must be healthy, any, STARTING, HEALTHY, DRAINING or UNHEALTHY, got {s:?}"),
+            )
+        })?),
+    };
+    let owned = |name: &str| extract::single(&pairs, name).map(|v| v.map(str::to_string));
+    let filter = Filter {
+        status,
+        zone: owned("zone")?,
+        region: owned("region")?,
+        group: owned("group")?,
+        tag: pairs
+            .iter()
+            .filter(|(k, _)| k == "tag")
+            .map(|(_, v)| v.clone())
+            .collect(),
+        version: owned("version")?,
+    };
+    let index = extract::u64_param(&pairs, "index")?;
+    let wait = match extract::single(&pairs, "wait")? {
+        None => None,
+        Some(w) => {
+            let ms =
+                muster_core::parse_duration_ms(w).map_err(|m| ApiError::bad_param("wait", m))?;
+            if ms > muster_proto::MAX_BLOCKING_WAIT_MS {
+                return Err(ApiError::bad_param(
+                    "wait",
+                    format!("wait must be at most 5m, got {w:?}"),
+                ));
+            }
+            Some(Duration::from_millis(ms))
+        }
+    };
+    let view = match index {
+        Some(after) if after > 0 => {
+            let wait = wait.unwrap_or(Duration::from_millis(
+                muster_proto::DEFAULT_BLOCKING_WAIT_MS,
+            ));
+            blocking_view(&app, &service, after, wait).await
+        }
+        _ => app.hub.slot(&service).map(|s| s.view()),
+    };
+    let (body, view_index) = match &view {
+        Some(v) if filter.is_default() => (v.healthy_body(), v.index),
+        Some(v) => (v.body(|i| filter.keep(i)), v.index),
+        None => {
+            let index = app.hub.registry_index();
+            let body = serde_json::to_vec(
+                &serde_json::json!({"service": service, "index": index, "instances": []}),
+            )
+            .unwrap_or_default();
+            (Bytes::from(body), index)
+        }
+    };
+    let mut resp = bytes_response(StatusCode::OK, body);
+    consistency_headers(&app, resp.headers_mut(), view_index);
+    Ok(resp)
+}
+
+/// Waits (with up to 1/16 jitter) until the service's index passes `after`, then returns its view.
+async fn blocking_view(
+    app: &AppState,
+    service: &str,
+    after: u64,
+    wait: Duration,
+) -> Option<Arc<ServiceView>> {
+    let slot = app.hub.slot_or_create(service);
+    let mut rx = slot.subscribe();
+    if *rx.borrow_and_update() <= after {
+        let jitter = wait.as_millis() as u64 / 16;
+        let wait = wait
+            + Duration::from_millis(if jitter > 0 {
+                rand::random_range(0..jitter)
+            } else {
+                0
+            });
+        app.metrics.blocking_queries.inc();
+        let _ = tokio::time::timeout(wait, rx.wait_for(|i| *i > after)).await;
+        app.metrics.blocking_queries.dec();
+    }
+    Some(slot.view())
+}
+
+async fn cluster(State(app): AppRef) -> ApiResult {
+    Ok(json_response(StatusCode::OK, &app.raft.status()))
+}
+
+async fn healthz() -> Response {
+    json_response(StatusCode::OK, &serde_json::json!({"status": "ok"}))
+}
+
+async fn readyz(State(app): AppRef) -> Response {
+    let status = app.raft.status();
+    if status.leader_id.is_some() {
+        json_response(
+            StatusCode::OK,
+            &serde_json::json!({"status": "ready", "leader": status.leader_id}),
+        )
+    } else {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not_ready",
+            "no Raft leader is known",
+        )
+        .into_response()
+    }
+}
+
+async fn metrics(State(app): AppRef) -> Response {
+    let status = app.raft.status();
+    let m = &app.metrics;
+    m.raft_applied_index.set(status.last_applied);
+    m.raft_term.set(status.term);
+    m.raft_leader.set(i64::from(status.role == "Leader"));
+    let stats = app.store.stats();
+    m.store_commits
+        .set(stats.commits.load(std::sync::atomic::Ordering::Relaxed));
+    m.store_entries
+        .set(stats.entries.load(std::sync::atomic::Ordering::Relaxed));
+    m.leases.set(app.leases.len() as i64);
+    let mut resp = m.encode().into_response();
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+    );
+    resp
+}

@@ -1,0 +1,168 @@
+use super::*;
+use muster_core::{Command, Limits, RegisterRequest};
+
+struct World {
+    reg: Registry,
+    hub: Hub,
+}
+
+impl World {
+    fn new(history: usize) -> Self {
+        World {
+            reg: Registry::new(),
+            hub: Hub::new(history),
+        }
+    }
+
+    fn apply(&mut self, cmds: &[Command]) {
+        let mut events = Vec::new();
+        for cmd in cmds {
+            let index = self.reg.index() + 1;
+            let _ = self
+                .reg
+                .apply(index, cmd, &mut events)
+                .expect("index moves");
+        }
+        self.hub.applied(&self.reg, &events);
+    }
+}
+
+fn register(service: &str, id: &str, zone: &str, healthy: bool) -> Command {
+    let req = RegisterRequest {
+        service: Some(service.into()),
+        instance_id: Some(id.into()),
+        host: Some("10.0.0.1".into()),
+        port: Some(80),
+        zone: Some(zone.into()),
+        ..Default::default()
+    };
+    let (spec, _) = req.validate().expect("valid");
+    Command::Register {
+        spec: Box::new(spec),
+        want_healthy: healthy,
+        limits: Limits::default(),
+        at: 1,
+    }
+}
+
+#[test]
+fn pre_encoded_bodies_equal_what_serde_would_write() {
+    let mut w = World::new(16);
+    w.apply(&[
+        register("a", "a1", "z1", true),
+        register("a", "a2", "z2", false),
+        register("a", "a3", "z1", true),
+    ]);
+    let view = w.hub.slot("a").expect("slot").view();
+    let expect = |keep: &dyn Fn(&Instance) -> bool| {
+        let instances: Vec<Instance> = w
+            .reg
+            .service_instances("a")
+            .filter(|i| keep(i))
+            .map(|i| Instance::clone(i))
+            .collect();
+        let v = muster_proto::ServiceInstances {
+            service: "a".into(),
+            index: 3,
+            instances,
+        };
+        serde_json::to_vec(&v).unwrap()
+    };
+    assert_eq!(
+        view.healthy_body().as_ref(),
+        expect(&|i| i.status == Status::Healthy).as_slice()
+    );
+    assert_eq!(
+        view.body(|i| i.spec.zone == "z1").as_ref(),
+        expect(&|i| i.spec.zone == "z1").as_slice()
+    );
+    let frame = view.snapshot_frame();
+    let text = std::str::from_utf8(&frame).unwrap();
+    assert!(
+        text.starts_with("event: snapshot\nid: 3\ndata: {\"type\":\"snapshot\""),
+        "{text}"
+    );
+    let data = text.lines().find_map(|l| l.strip_prefix("data: ")).unwrap();
+    let parsed: muster_proto::WatchEvent =
+        serde_json::from_str(data).expect("snapshot frame parses as WatchEvent");
+    assert!(
+        matches!(parsed, muster_proto::WatchEvent::Snapshot { index: 3, ref instances, .. } if instances.len() == 3)
+    );
+}
+
+#[test]
+fn unchanged_instances_are_not_encoded_again() {
+    let mut w = World::new(16);
+    w.apply(&[
+        register("a", "a1", "z1", true),
+        register("a", "a2", "z1", true),
+    ]);
+    let before = w.hub.slot("a").unwrap().view();
+    w.apply(&[register("a", "a3", "z1", true)]);
+    let after = w.hub.slot("a").unwrap().view();
+    // The same bytes (same allocation), not an equal copy.
+    assert_eq!(
+        before.instances[0].1.as_ptr(),
+        after.instances[0].1.as_ptr()
+    );
+    assert_eq!(
+        before.instances[1].1.as_ptr(),
+        after.instances[1].1.as_ptr()
+    );
+    assert_eq!(after.instances.len(), 3);
+}
+
+#[test]
+fn a_change_moves_only_its_own_service_index() {
+    let mut w = World::new(16);
+    w.apply(&[register("a", "a1", "", true), register("b", "b1", "", true)]);
+    let mut rx_b = w.hub.slot("b").unwrap().subscribe();
+    rx_b.borrow_and_update();
+    let mut rx_a = w.hub.slot("a").unwrap().subscribe();
+    rx_a.borrow_and_update();
+    w.apply(&[register("a", "a2", "", true)]);
+    assert!(rx_a.has_changed().unwrap());
+    assert_eq!(*rx_a.borrow(), 3);
+    assert!(
+        !rx_b.has_changed().unwrap(),
+        "service b was woken by a change to a"
+    );
+}
+
+#[test]
+fn history_resumes_and_reports_compaction() {
+    let mut w = World::new(2);
+    w.apply(&[register("a", "a1", "", true)]);
+    w.apply(&[register("a", "a2", "", true)]);
+    w.apply(&[register("a", "a3", "", true)]);
+    let slot = w.hub.slot("a").unwrap();
+    match slot.since(1, w.hub.floor()) {
+        Since::Events(e) => assert_eq!(e.iter().map(|(i, _)| *i).collect::<Vec<_>>(), [2, 3]),
+        Since::Compacted => panic!("index 1 is still covered"),
+    }
+    assert!(
+        matches!(slot.since(0, w.hub.floor()), Since::Compacted),
+        "event 1 was trimmed"
+    );
+    assert!(matches!(slot.since(3, 0), Since::Events(ref e) if e.is_empty()));
+
+    // A restore raises the floor: older resumes are compacted.
+    w.hub.restored(&w.reg);
+    assert_eq!(w.hub.floor(), 3);
+    assert!(matches!(slot.since(2, w.hub.floor()), Since::Compacted));
+    assert_eq!(slot.view().instances.len(), 3);
+}
+
+#[test]
+fn an_emptied_service_keeps_its_slot_with_the_removal_index() {
+    let mut w = World::new(16);
+    w.apply(&[register("a", "a1", "", true)]);
+    w.apply(&[Command::Deregister {
+        instance_id: "a1".into(),
+        at: 2,
+    }]);
+    let view = w.hub.slot("a").unwrap().view();
+    assert!(view.instances.is_empty());
+    assert_eq!(view.index, 2);
+    assert!(w.hub.views().is_empty(), "empty services are not listed");
+}

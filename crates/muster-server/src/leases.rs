@@ -1,0 +1,237 @@
+//! The lease runtime around [`muster_core::LeaseTable`]: the clock, the renewals, and the sweeper
+//! that proposes `Expire` through Raft while this node leads.
+//!
+//! # Correctness
+//!
+//! - Every node tracks every instance (from applied events), but only the leader renews and
+//!   expires. A node that becomes leader gives every lease one full TTL (`arm_all`), once per
+//!   term of office, so a failover never mass-expires and never extends a lease twice.
+//! - Expiry goes through the log and names the modify index the leader saw; an instance that
+//!   changed in the meantime is not expired by a stale decision.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime};
+
+use muster_core::{Command, Event, EventKind, LeaseTable, Registry, RenewError};
+use tokio::sync::{Notify, watch};
+use tokio::time::Instant;
+
+use crate::raft::RaftNode;
+
+/// Most instances expired by one log entry.
+const EXPIRE_BATCH: usize = 1000;
+/// Longest the sweeper sleeps without looking.
+const MAX_SLEEP_MS: u64 = 1000;
+
+/// Lease deadlines and the sweeper's wake-up.
+pub struct Leases {
+    table: Mutex<LeaseTable>,
+    epoch: Instant,
+    wake: Notify,
+    sleeping_until: AtomicU64,
+}
+
+/// What is known of one lease, in wall-clock time.
+#[derive(Clone, Copy, Debug)]
+pub struct LeaseTimes {
+    /// Last renewal (or registration, or leader take-over).
+    pub renewed_at: SystemTime,
+    /// When it runs out.
+    pub expires_at: SystemTime,
+}
+
+impl Default for Leases {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Leases {
+    /// An empty table whose clock starts now.
+    pub fn new() -> Self {
+        Leases {
+            table: Mutex::new(LeaseTable::new()),
+            epoch: Instant::now(),
+            wake: Notify::new(),
+            sleeping_until: AtomicU64::new(u64::MAX),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, LeaseTable> {
+        self.table.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Milliseconds on this table's monotonic clock.
+    pub fn now(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn to_wall(&self, mono: u64, now: u64) -> SystemTime {
+        let wall = SystemTime::now();
+        if mono >= now {
+            wall + Duration::from_millis(mono - now)
+        } else {
+            wall - Duration::from_millis(now - mono)
+        }
+    }
+
+    /// Number of tracked leases.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// Whether no lease is tracked.
+    pub fn is_empty(&self) -> bool {
+        self.lock().is_empty()
+    }
+
+    /// Follows an applied batch: new instances get a full TTL, changed ones a new modify index,
+    /// gone ones are forgotten.
+    pub fn applied(&self, registry: &Registry, events: &[Event]) {
+        let now = self.now();
+        let mut earliest = u64::MAX;
+        {
+            let mut table = self.lock();
+            for ev in events {
+                let id = ev.instance.spec.instance_id.as_str();
+                match ev.kind {
+                    EventKind::Delete => table.untrack(id),
+                    EventKind::Upsert if table.info(id).is_some() => {
+                        table.set_modify_index(id, ev.instance.modify_index)
+                    }
+                    EventKind::Upsert => {
+                        // Track with the instance as it stands after the whole batch.
+                        if let Some(inst) = registry.get(id) {
+                            table.track(id, inst.spec.lease_ttl, inst.modify_index, now);
+                            earliest = earliest.min(now + inst.spec.lease_ttl);
+                        }
+                    }
+                }
+            }
+        }
+        self.nudge(earliest);
+    }
+
+    /// The registry was replaced: track every instance afresh with a full TTL.
+    pub fn restored(&self, registry: &Registry) {
+        let now = self.now();
+        let mut table = self.lock();
+        *table = LeaseTable::new();
+        for inst in registry.instances() {
+            table.track(
+                &inst.spec.instance_id,
+                inst.spec.lease_ttl,
+                inst.modify_index,
+                now,
+            );
+        }
+        drop(table);
+        self.nudge(0);
+    }
+
+    /// A registration was accepted: the lease starts over with a full TTL.
+    pub fn refresh(&self, id: &str, ttl: u64, modify_index: u64) -> SystemTime {
+        let now = self.now();
+        self.lock().track(id, ttl, modify_index, now);
+        self.nudge(now + ttl);
+        self.to_wall(now + ttl, now)
+    }
+
+    /// Renews a lease; returns when it now runs out.
+    pub fn renew(&self, id: &str) -> Result<SystemTime, RenewError> {
+        let now = self.now();
+        let deadline = self.lock().renew(id, now)?;
+        Ok(self.to_wall(deadline, now))
+    }
+
+    /// Last renewal and deadline of one lease.
+    pub fn times(&self, id: &str) -> Option<LeaseTimes> {
+        let now = self.now();
+        let info = self.lock().info(id)?;
+        Some(LeaseTimes {
+            renewed_at: self.to_wall(info.renewed_at, now),
+            expires_at: self.to_wall(info.deadline, now),
+        })
+    }
+
+    fn nudge(&self, deadline: u64) {
+        if deadline < self.sleeping_until.load(Ordering::Acquire) {
+            self.wake.notify_one();
+        }
+    }
+
+    /// Expires lapsed leases through Raft while this node leads, until `shutdown` turns true.
+    pub async fn run_sweeper(
+        self: Arc<Self>,
+        raft: Arc<RaftNode>,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        let mut leadership = raft.leadership();
+        let mut was_leader = false;
+        loop {
+            if *shutdown.borrow() {
+                return;
+            }
+            let leader = *leadership.borrow_and_update();
+            if leader && !was_leader {
+                let now = self.now();
+                let mut table = self.lock();
+                table.arm_all(now);
+                tracing::info!(
+                    leases = table.len(),
+                    "leading: every lease re-armed with a full TTL"
+                );
+            }
+            was_leader = leader;
+            if !leader {
+                tokio::select! {
+                    _ = leadership.changed() => {}
+                    _ = shutdown.changed() => {}
+                }
+                continue;
+            }
+            let now = self.now();
+            let (lapsed, next) = {
+                let table = self.lock();
+                (table.lapsed(now, EXPIRE_BATCH), table.next_deadline())
+            };
+            if !lapsed.is_empty() {
+                let instances = lapsed
+                    .into_iter()
+                    .map(|(id, m)| (id.to_string(), m))
+                    .collect();
+                match raft
+                    .propose(Command::Expire {
+                        instances,
+                        at: wall_ms(),
+                    })
+                    .await
+                {
+                    Ok(p) => tracing::debug!(index = p.index, "expiry committed"),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "could not commit an expiry; retrying");
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                }
+                continue;
+            }
+            let target = next.unwrap_or(u64::MAX).min(now + MAX_SLEEP_MS);
+            self.sleeping_until.store(target, Ordering::Release);
+            tokio::select! {
+                _ = tokio::time::sleep_until(self.epoch + Duration::from_millis(target)) => {}
+                _ = self.wake.notified() => {}
+                _ = leadership.changed() => {}
+                _ = shutdown.changed() => {}
+            }
+            self.sleeping_until.store(u64::MAX, Ordering::Release);
+        }
+    }
+}
+
+/// The wall clock in milliseconds since the Unix epoch (what commands carry).
+pub fn wall_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}

@@ -1,0 +1,174 @@
+//! Muster's server: the registry under Raft, the lease table, the HTTP API, watches and metrics.
+//!
+//! [`Server::start`] opens the store, recovers the registry through Raft, starts the lease
+//! sweeper and serves HTTP; [`Server::shutdown`] stops them in reverse order.
+
+pub mod config;
+pub mod http;
+pub mod hub;
+pub mod leases;
+pub mod metrics;
+pub mod raft;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use muster_core::{Event, EventKind, Limits, Registry, Status};
+use muster_store::Store;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+pub use config::{Config, ConfigError, ValidConfig};
+
+use crate::hub::Hub;
+use crate::leases::Leases;
+use crate::metrics::{InstanceLabels, Metrics};
+use crate::raft::{ApplyObserver, RaftNode, RaftSettings};
+
+/// Feeds every applied change to the views, the lease table and the metrics.
+struct Applier {
+    hub: Arc<Hub>,
+    leases: Arc<Leases>,
+    metrics: Arc<Metrics>,
+}
+
+impl Applier {
+    fn count(&self, views: &[Arc<hub::ServiceView>]) {
+        for view in views {
+            let (statuses, _) = view.counts();
+            for status in Status::ALL.into_iter().filter(|s| !s.is_terminal()) {
+                let labels = InstanceLabels {
+                    service: view.service.to_string(),
+                    status: status.as_str(),
+                };
+                match statuses.get(status.as_str()) {
+                    Some(n) => {
+                        self.metrics.instances.get_or_create(&labels).set(*n as i64);
+                    }
+                    None => {
+                        self.metrics.instances.remove(&labels);
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl ApplyObserver for Applier {
+    fn applied(&self, registry: &Registry, events: &[Event]) {
+        let changed = self.hub.applied(registry, events);
+        self.leases.applied(registry, events);
+        let expired = events
+            .iter()
+            .filter(|e| e.kind == EventKind::Delete && e.instance.status == Status::Expired)
+            .count();
+        self.metrics.expirations.inc_by(expired as u64);
+        self.count(&changed);
+    }
+
+    fn restored(&self, registry: &Registry) {
+        self.hub.restored(registry);
+        self.leases.restored(registry);
+        self.metrics.instances.clear();
+        self.count(&self.hub.views());
+    }
+}
+
+/// A running server.
+pub struct Server {
+    addr: SocketAddr,
+    raft: Arc<RaftNode>,
+    shutdown: watch::Sender<bool>,
+    http: JoinHandle<()>,
+    sweeper: JoinHandle<()>,
+}
+
+impl Server {
+    /// Opens the data directory, recovers the registry, and starts serving.
+    pub async fn start(config: ValidConfig) -> Result<Server, String> {
+        let cfg = &config.config;
+        let store = Store::open(&cfg.data_dir).map_err(|e| e.to_string())?;
+        let listener = tokio::net::TcpListener::bind(cfg.http_addr)
+            .await
+            .map_err(|e| format!("cannot listen on {}: {e}", cfg.http_addr))?;
+        let addr = listener.local_addr().map_err(|e| e.to_string())?;
+        let hub = Arc::new(Hub::new(cfg.watch_history));
+        let leases = Arc::new(Leases::new());
+        let metrics = Arc::new(Metrics::new());
+        let applier = Arc::new(Applier {
+            hub: hub.clone(),
+            leases: leases.clone(),
+            metrics: metrics.clone(),
+        });
+        let settings = RaftSettings {
+            node_id: cfg.node_id,
+            advertise_addr: cfg
+                .advertise_addr
+                .clone()
+                .unwrap_or_else(|| format!("http://{addr}")),
+            heartbeat_interval: config.heartbeat_interval,
+            election_timeout_min: config.election_timeout_min,
+            election_timeout_max: config.election_timeout_max,
+            snapshot_every: cfg.snapshot_every,
+            keep_behind_snapshot: cfg.keep_behind_snapshot,
+        };
+        let raft = Arc::new(RaftNode::start(&settings, store.clone(), applier).await?);
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let sweeper = tokio::spawn(
+            leases
+                .clone()
+                .run_sweeper(raft.clone(), shutdown_rx.clone()),
+        );
+        let limits = Limits {
+            max_instances_per_service: cfg.max_instances_per_service,
+            max_instances: cfg.max_instances,
+        };
+        let state = Arc::new(http::AppState {
+            raft: raft.clone(),
+            hub,
+            leases,
+            metrics,
+            store,
+            limits,
+        });
+        let app = http::router(state, cfg.max_body_bytes);
+        let mut stop = shutdown_rx;
+        let http = tokio::spawn(async move {
+            let served = axum::serve(listener, app)
+                .with_graceful_shutdown(async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                })
+                .await;
+            if let Err(e) = served {
+                tracing::error!(error = %e, "HTTP server failed");
+            }
+        });
+        tracing::info!(%addr, data_dir = %cfg.data_dir.display(), node_id = cfg.node_id, "muster server ready");
+        Ok(Server {
+            addr,
+            raft,
+            shutdown,
+            http,
+            sweeper,
+        })
+    }
+
+    /// The address the HTTP API listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Raft and the registry.
+    pub fn raft(&self) -> &Arc<RaftNode> {
+        &self.raft
+    }
+
+    /// Stops HTTP (open watches end), the sweeper and Raft, and closes the store.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        self.http.abort();
+        let _ = self.http.await;
+        let _ = self.sweeper.await;
+        self.raft.shutdown().await;
+    }
+}

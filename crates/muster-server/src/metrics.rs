@@ -1,0 +1,176 @@
+//! The server's Prometheus metrics, built from one registry at start-up and passed around as a
+//! struct (no global registry).
+
+use std::sync::atomic::AtomicU64;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// `service` and `status` labels.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct InstanceLabels {
+    /// Service name.
+    pub service: String,
+    /// Instance status.
+    pub status: &'static str,
+}
+
+/// `result` label.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    /// `ok`, `unknown` or `expired`.
+    pub result: &'static str,
+}
+
+/// `route` and `method` labels.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabels {
+    /// Matched route, e.g. `/v1/services/{service}`.
+    pub route: String,
+    /// HTTP method.
+    pub method: String,
+}
+
+fn latency_histogram() -> Histogram {
+    // 50 µs .. ~26 s
+    Histogram::new(exponential_buckets(0.000_05, 2.0, 20))
+}
+
+/// Every metric the server exports.
+pub struct Metrics {
+    registry: Registry,
+    /// Instances by service and status.
+    pub instances: Family<InstanceLabels, Gauge>,
+    /// Registrations that created an instance.
+    pub registrations: Counter,
+    /// Deregistrations.
+    pub deregistrations: Counter,
+    /// Lease expiries applied.
+    pub expirations: Counter,
+    /// Heartbeats by result.
+    pub heartbeats: Family<ResultLabels, Counter>,
+    /// Open watch streams.
+    pub watch_subscribers: Gauge,
+    /// Blocking queries waiting.
+    pub blocking_queries: Gauge,
+    /// HTTP request latency by route.
+    pub http_latency: Family<RouteLabels, Histogram, fn() -> Histogram>,
+    /// Last applied Raft index.
+    pub raft_applied_index: Gauge<u64, AtomicU64>,
+    /// Current Raft term.
+    pub raft_term: Gauge<u64, AtomicU64>,
+    /// 1 when this node leads.
+    pub raft_leader: Gauge,
+    /// Storage group commits (one fsync each).
+    pub store_commits: Gauge<u64, AtomicU64>,
+    /// Raft log entries made durable.
+    pub store_entries: Gauge<u64, AtomicU64>,
+    /// Leases tracked in memory.
+    pub leases: Gauge,
+}
+
+impl Metrics {
+    /// Builds and registers every metric under the `muster_` prefix.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("muster");
+        let m = Metrics {
+            instances: Family::default(),
+            registrations: Counter::default(),
+            deregistrations: Counter::default(),
+            expirations: Counter::default(),
+            heartbeats: Family::default(),
+            watch_subscribers: Gauge::default(),
+            blocking_queries: Gauge::default(),
+            http_latency: Family::new_with_constructor(latency_histogram),
+            raft_applied_index: Gauge::default(),
+            raft_term: Gauge::default(),
+            raft_leader: Gauge::default(),
+            store_commits: Gauge::default(),
+            store_entries: Gauge::default(),
+            leases: Gauge::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "instances",
+            "Registered instances by service and status",
+            m.instances.clone(),
+        );
+        registry.register(
+            "registrations",
+            "Registrations that created an instance",
+            m.registrations.clone(),
+        );
+        registry.register(
+            "deregistrations",
+            "Instances deregistered",
+            m.deregistrations.clone(),
+        );
+        registry.register(
+            "expirations",
+            "Instances expired by lease lapse",
+            m.expirations.clone(),
+        );
+        registry.register(
+            "heartbeats",
+            "Lease renewals by result",
+            m.heartbeats.clone(),
+        );
+        registry.register(
+            "watch_subscribers",
+            "Open watch streams",
+            m.watch_subscribers.clone(),
+        );
+        registry.register(
+            "blocking_queries",
+            "Blocking queries waiting",
+            m.blocking_queries.clone(),
+        );
+        registry.register(
+            "http_request_duration_seconds",
+            "HTTP request latency by route",
+            m.http_latency.clone(),
+        );
+        registry.register(
+            "raft_applied_index",
+            "Last applied Raft log index",
+            m.raft_applied_index.clone(),
+        );
+        registry.register("raft_term", "Current Raft term", m.raft_term.clone());
+        registry.register(
+            "raft_leader",
+            "1 when this node is the Raft leader",
+            m.raft_leader.clone(),
+        );
+        registry.register(
+            "store_commits",
+            "Storage group commits since start (one fsync each)",
+            m.store_commits.clone(),
+        );
+        registry.register(
+            "store_entries",
+            "Raft log entries made durable since start",
+            m.store_entries.clone(),
+        );
+        registry.register("leases", "Leases tracked in memory", m.leases.clone());
+        Metrics { registry, ..m }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
+            tracing::error!(error = %e, "cannot encode metrics");
+        }
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

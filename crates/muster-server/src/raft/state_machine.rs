@@ -1,0 +1,212 @@
+//! The registry as openraft's state machine, with snapshots persisted in the store.
+//!
+//! # Correctness
+//!
+//! - The registry, the last applied log id and the membership are one value behind one lock, so a
+//!   snapshot (built concurrently with apply) always describes a state that really existed.
+//! - Responders are answered only after the whole batch is applied and the observer has seen it,
+//!   so a client that gets its answer can read its own write on this node.
+//! - A snapshot is durable in the store before openraft is told it exists (and may purge the log
+//!   behind it).
+
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use futures_util::{Stream, TryStreamExt};
+use muster_core::Registry;
+use muster_store::{Store, Write};
+use openraft::alias::{LogIdOf, SnapshotMetaOf, SnapshotOf, StoredMembershipOf};
+use openraft::storage::{EntryResponder, RaftStateMachine};
+use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder, StoredMembership};
+
+use super::{ApplyObserver, Response, TypeConfig, durable, io_err};
+
+type LogId = LogIdOf<TypeConfig>;
+type Membership = StoredMembershipOf<TypeConfig>;
+type SnapshotMeta = SnapshotMetaOf<TypeConfig>;
+type Snapshot = SnapshotOf<TypeConfig, Vec<u8>>;
+
+const KEY_SNAPSHOT: &str = "raft.snapshot";
+
+#[derive(Default)]
+struct State {
+    registry: Registry,
+    last_applied: Option<LogId>,
+    membership: Membership,
+}
+
+struct Shared {
+    state: RwLock<State>,
+    observer: Arc<dyn ApplyObserver>,
+    store: Store,
+}
+
+/// The registry state machine; clones share the same state.
+#[derive(Clone)]
+pub(crate) struct StateMachine {
+    shared: Arc<Shared>,
+}
+
+impl StateMachine {
+    pub(crate) fn new(store: Store, observer: Arc<dyn ApplyObserver>) -> Self {
+        let shared = Shared {
+            state: RwLock::default(),
+            observer,
+            store,
+        };
+        StateMachine {
+            shared: Arc::new(shared),
+        }
+    }
+
+    pub(crate) fn read<R>(&self, f: impl FnOnce(&Registry) -> R) -> R {
+        f(&self.read_state().registry)
+    }
+
+    fn read_state(&self) -> RwLockReadGuard<'_, State> {
+        self.shared.state.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write_state(&self) -> RwLockWriteGuard<'_, State> {
+        self.shared.state.write().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Snapshot layout in the store: `[meta length: u32 LE][meta JSON][registry snapshot]`.
+fn encode_snapshot(meta: &SnapshotMeta, data: &[u8]) -> Result<Vec<u8>, std::io::Error> {
+    let meta = serde_json::to_vec(meta).map_err(io_err)?;
+    let len = u32::try_from(meta.len()).map_err(io_err)?;
+    let mut out = Vec::with_capacity(4 + meta.len() + data.len());
+    out.extend_from_slice(&len.to_le_bytes());
+    out.extend_from_slice(&meta);
+    out.extend_from_slice(data);
+    Ok(out)
+}
+
+fn decode_snapshot(bytes: &[u8]) -> Result<(SnapshotMeta, Vec<u8>), std::io::Error> {
+    let corrupt = || io_err("stored snapshot is truncated");
+    let len_bytes: [u8; 4] = bytes
+        .get(..4)
+        .ok_or_else(corrupt)?
+        .try_into()
+        .map_err(|_| corrupt())?;
+    let len = u32::from_le_bytes(len_bytes) as usize;
+    let meta = bytes.get(4..4 + len).ok_or_else(corrupt)?;
+    let meta: SnapshotMeta = serde_json::from_slice(meta).map_err(io_err)?;
+    Ok((meta, bytes[4 + len..].to_vec()))
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
+    type SnapshotData = Vec<u8>;
+
+    async fn build_snapshot(&mut self) -> Result<Snapshot, std::io::Error> {
+        let (meta, data) = {
+            let state = self.read_state();
+            let meta = SnapshotMeta {
+                last_log_id: state.last_applied,
+                last_membership: state.membership.clone(),
+            };
+            (meta, state.registry.snapshot())
+        };
+        let blob = encode_snapshot(&meta, &data)?;
+        durable(
+            &self.shared.store,
+            vec![Write::PutMeta(KEY_SNAPSHOT.into(), blob)],
+        )
+        .await?;
+        tracing::info!(index = ?meta.last_log_id.map(|l| l.index), bytes = data.len(), "snapshot built");
+        Ok(Snapshot {
+            meta,
+            snapshot: data,
+        })
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotData = Vec<u8>;
+    type SnapshotBuilder = StateMachine;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, Membership), std::io::Error> {
+        let state = self.read_state();
+        Ok((state.last_applied, state.membership.clone()))
+    }
+
+    async fn apply<S>(&mut self, mut entries: S) -> Result<(), std::io::Error>
+    where
+        S: Stream<Item = Result<EntryResponder<TypeConfig>, std::io::Error>> + Unpin + OptionalSend,
+    {
+        let mut batch = Vec::new();
+        while let Some(item) = entries.try_next().await? {
+            batch.push(item);
+        }
+        let mut replies = Vec::new();
+        let mut events = Vec::new();
+        {
+            let mut state = self.write_state();
+            let state = &mut *state;
+            for (entry, responder) in batch {
+                let index = entry.log_id.index;
+                let outcome = match entry.payload {
+                    EntryPayload::Blank => state.registry.advance(index).map(|()| None),
+                    EntryPayload::Normal(req) => {
+                        state.registry.apply(index, &req.0, &mut events).map(Some)
+                    }
+                    EntryPayload::Membership(m) => {
+                        state.membership = StoredMembership::new(Some(entry.log_id), m);
+                        state.registry.advance(index).map(|()| None)
+                    }
+                };
+                // Indices 0.. are Raft's; a repeat would mean the log and state disagree.
+                let outcome = match outcome {
+                    Ok(o) => o,
+                    Err(e) if index == 0 && state.registry.index() == 0 => {
+                        tracing::trace!(%e, "membership entry at index 0");
+                        None
+                    }
+                    Err(e) => return Err(io_err(e)),
+                };
+                state.last_applied = Some(entry.log_id);
+                if let Some(r) = responder {
+                    replies.push((r, Response(outcome)));
+                }
+            }
+            self.shared.observer.applied(&state.registry, &events);
+        }
+        for (responder, response) in replies {
+            responder.send(response);
+        }
+        Ok(())
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: Vec<u8>,
+    ) -> Result<(), std::io::Error> {
+        let registry = Registry::restore(&snapshot).map_err(io_err)?;
+        let blob = encode_snapshot(meta, &snapshot)?;
+        durable(
+            &self.shared.store,
+            vec![Write::PutMeta(KEY_SNAPSHOT.into(), blob)],
+        )
+        .await?;
+        let mut state = self.write_state();
+        state.registry = registry;
+        state.last_applied = meta.last_log_id;
+        state.membership = meta.last_membership.clone();
+        self.shared.observer.restored(&state.registry);
+        tracing::info!(index = ?meta.last_log_id.map(|l| l.index), "snapshot installed");
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, std::io::Error> {
+        let Some(bytes) = self.shared.store.meta(KEY_SNAPSHOT).map_err(io_err)? else {
+            return Ok(None);
+        };
+        let (meta, snapshot) = decode_snapshot(&bytes)?;
+        Ok(Some(Snapshot { meta, snapshot }))
+    }
+}

@@ -1,0 +1,319 @@
+//! Muster's durable storage: a Raft log, a small metadata map and the current snapshot, in one
+//! redb file, written by one thread that group-commits.
+//!
+//! ```text
+//!   submit(writes, done) ─┐
+//!   submit(writes, done) ─┼─▶ channel ─▶ writer thread: drain queue ─▶ one write txn ─▶ fsync
+//!   submit(writes, done) ─┘                                   └─▶ call every `done` with the result
+//! ```
+//!
+//! The store knows nothing of Raft: log entries and metadata values are opaque bytes. The Raft
+//! adapter in `muster-server` decides what they mean.
+//!
+//! # Correctness
+//!
+//! - A `done` callback runs only after the transaction holding its writes has committed with
+//!   [`redb::Durability::Immediate`] (fsync), or with the error that prevented it. A caller must
+//!   not acknowledge anything that depends on a write before its callback reports `Ok`.
+//! - Writes are applied in submission order: submissions from one thread are never reordered, so
+//!   a truncate followed by an append lands as a truncate followed by an append.
+//! - One failed commit fails every submission in its batch; nothing of that batch is visible.
+
+use std::ops::RangeBounds;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
+
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+
+const LOG: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("log");
+const META: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("meta");
+
+/// The file name of the database inside a data directory.
+pub const DB_FILE: &str = "muster.redb";
+
+/// Most submissions one group commit takes from the queue.
+const MAX_BATCH: usize = 4096;
+
+/// A storage failure.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// redb reported an error (I/O, corruption, full disk).
+    #[error("storage error: {0}")]
+    Redb(#[from] redb::Error),
+    /// The data directory could not be created or opened.
+    #[error("cannot use data directory {path}: {source}")]
+    DataDir {
+        /// The directory.
+        path: String,
+        /// What went wrong.
+        source: std::io::Error,
+    },
+    /// The writer thread has stopped (the store is shutting down or a previous commit panicked).
+    #[error("storage writer has stopped")]
+    Closed,
+}
+
+impl StoreError {
+    fn redb(e: impl Into<redb::Error>) -> Self {
+        StoreError::Redb(e.into())
+    }
+}
+
+/// One write, applied inside a group-committed transaction.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Write {
+    /// Insert (or overwrite) log entries by index.
+    Append(Vec<(u64, Vec<u8>)>),
+    /// Delete every log entry with index `>=` this one.
+    TruncateFrom(u64),
+    /// Delete every log entry with index `<=` this one.
+    PurgeThrough(u64),
+    /// Set a metadata value.
+    PutMeta(String, Vec<u8>),
+}
+
+/// Called once the writes of a submission are durable, or failed.
+pub type Done = Box<dyn FnOnce(Result<(), Arc<StoreError>>) + Send>;
+
+struct Submission {
+    writes: Vec<Write>,
+    done: Done,
+}
+
+/// Counters of the group-commit writer.
+#[derive(Debug, Default)]
+pub struct StoreStats {
+    /// Transactions committed (each one fsync).
+    pub commits: AtomicU64,
+    /// Submissions made durable.
+    pub submissions: AtomicU64,
+    /// Log entries appended.
+    pub entries: AtomicU64,
+}
+
+/// A handle to the store; cheap to clone. Dropping the last handle stops the writer (after it
+/// has committed everything queued) and closes the database.
+#[derive(Clone)]
+pub struct Store {
+    db: Arc<Database>,
+    tx: Arc<Writer>,
+    stats: Arc<StoreStats>,
+}
+
+struct Writer {
+    tx: Mutex<Option<mpsc::Sender<Submission>>>,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        if let Ok(mut tx) = self.tx.lock() {
+            tx.take();
+        }
+        let handle = self.thread.lock().ok().and_then(|mut t| t.take());
+        if let Some(handle) = handle {
+            // The last handle may be dropped by a callback running on the writer itself.
+            if handle.thread().id() != std::thread::current().id() {
+                let _ = handle.join();
+            }
+        }
+    }
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("stats", &self.stats)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Store {
+    /// Opens (or creates) the store in `dir`, creating the directory if needed, and starts the
+    /// writer thread.
+    pub fn open(dir: &Path) -> Result<Store, StoreError> {
+        let store = Self::open_paused(dir)?;
+        Ok(store.0.start(store.1))
+    }
+
+    /// Opens the store without starting its writer; submissions queue until `start`.
+    fn open_paused(dir: &Path) -> Result<(Store, mpsc::Receiver<Submission>), StoreError> {
+        std::fs::create_dir_all(dir).map_err(|source| StoreError::DataDir {
+            path: dir.display().to_string(),
+            source,
+        })?;
+        let db = Database::create(dir.join(DB_FILE)).map_err(StoreError::redb)?;
+        // Make sure both tables exist so that reads never see "table does not exist".
+        let txn = db.begin_write().map_err(StoreError::redb)?;
+        txn.open_table(LOG).map_err(StoreError::redb)?;
+        txn.open_table(META).map_err(StoreError::redb)?;
+        txn.commit().map_err(StoreError::redb)?;
+        let (tx, rx) = mpsc::channel();
+        let writer = Writer {
+            tx: Mutex::new(Some(tx)),
+            thread: Mutex::new(None),
+        };
+        let store = Store {
+            db: Arc::new(db),
+            tx: Arc::new(writer),
+            stats: Arc::default(),
+        };
+        Ok((store, rx))
+    }
+
+    fn start(self, rx: mpsc::Receiver<Submission>) -> Store {
+        let db = self.db.clone();
+        let stats = self.stats.clone();
+        let handle = std::thread::Builder::new()
+            .name("muster-store-writer".into())
+            .spawn(move || writer(&db, &rx, &stats))
+            .map_err(|e| tracing::error!(error = %e, "cannot start the storage writer"))
+            .ok();
+        if let Ok(mut slot) = self.tx.thread.lock() {
+            *slot = handle;
+        }
+        self
+    }
+
+    /// Queues writes; `done` runs on the writer thread once they are durable (or failed).
+    pub fn submit(&self, writes: Vec<Write>, done: Done) {
+        let sub = Submission { writes, done };
+        let sent = match self.tx.tx.lock() {
+            Ok(tx) => match tx.as_ref() {
+                Some(tx) => tx.send(sub).map_err(|e| e.0),
+                None => Err(sub),
+            },
+            Err(_) => Err(sub),
+        };
+        if let Err(sub) = sent {
+            (sub.done)(Err(Arc::new(StoreError::Closed)));
+        }
+    }
+
+    /// Writes and waits for durability on the current thread.
+    pub fn write_blocking(&self, writes: Vec<Write>) -> Result<(), Arc<StoreError>> {
+        let (tx, rx) = mpsc::sync_channel(1);
+        self.submit(
+            writes,
+            Box::new(move |r| {
+                let _ = tx.send(r);
+            }),
+        );
+        rx.recv()
+            .unwrap_or_else(|_| Err(Arc::new(StoreError::Closed)))
+    }
+
+    /// Group-commit counters.
+    pub fn stats(&self) -> &StoreStats {
+        &self.stats
+    }
+
+    /// Reads committed log entries in `range`, in index order.
+    pub fn read_log(
+        &self,
+        range: impl RangeBounds<u64>,
+    ) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+        let txn = self.db.begin_read().map_err(StoreError::redb)?;
+        let table = txn.open_table(LOG).map_err(StoreError::redb)?;
+        let mut out = Vec::new();
+        for item in table.range(range).map_err(StoreError::redb)? {
+            let (k, v) = item.map_err(StoreError::redb)?;
+            out.push((k.value(), v.value().to_vec()));
+        }
+        Ok(out)
+    }
+
+    /// The first and last committed log indices, if the log holds any entry.
+    pub fn log_bounds(&self) -> Result<Option<(u64, u64)>, StoreError> {
+        let txn = self.db.begin_read().map_err(StoreError::redb)?;
+        let table = txn.open_table(LOG).map_err(StoreError::redb)?;
+        let first = table
+            .first()
+            .map_err(StoreError::redb)?
+            .map(|(k, _)| k.value());
+        let last = table
+            .last()
+            .map_err(StoreError::redb)?
+            .map(|(k, _)| k.value());
+        Ok(first.zip(last))
+    }
+
+    /// Reads a committed metadata value.
+    pub fn meta(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let txn = self.db.begin_read().map_err(StoreError::redb)?;
+        let table = txn.open_table(META).map_err(StoreError::redb)?;
+        Ok(table
+            .get(key)
+            .map_err(StoreError::redb)?
+            .map(|v| v.value().to_vec()))
+    }
+}
+
+fn writer(db: &Database, rx: &mpsc::Receiver<Submission>, stats: &StoreStats) {
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(sub) => batch.push(sub),
+                Err(_) => break,
+            }
+        }
+        let mut entries = 0u64;
+        let result = commit(db, batch.iter().flat_map(|s| s.writes.iter()), &mut entries);
+        if result.is_ok() {
+            stats.commits.fetch_add(1, Ordering::Relaxed);
+            stats
+                .submissions
+                .fetch_add(batch.len() as u64, Ordering::Relaxed);
+            stats.entries.fetch_add(entries, Ordering::Relaxed);
+        } else if let Err(e) = &result {
+            tracing::error!(error = %e, submissions = batch.len(), "group commit failed");
+        }
+        let result = result.map_err(Arc::new);
+        for sub in batch {
+            (sub.done)(result.clone());
+        }
+    }
+}
+
+fn commit<'a>(
+    db: &Database,
+    writes: impl Iterator<Item = &'a Write>,
+    entries: &mut u64,
+) -> Result<(), StoreError> {
+    let txn = db.begin_write().map_err(StoreError::redb)?;
+    {
+        let mut log = txn.open_table(LOG).map_err(StoreError::redb)?;
+        let mut meta = txn.open_table(META).map_err(StoreError::redb)?;
+        for w in writes {
+            match w {
+                Write::Append(items) => {
+                    for (index, bytes) in items {
+                        log.insert(*index, bytes.as_slice())
+                            .map_err(StoreError::redb)?;
+                    }
+                    *entries += items.len() as u64;
+                }
+                Write::TruncateFrom(index) => {
+                    log.retain_in(*index.., |_, _| false)
+                        .map_err(StoreError::redb)?;
+                }
+                Write::PurgeThrough(index) => {
+                    log.retain_in(..=*index, |_, _| false)
+                        .map_err(StoreError::redb)?;
+                }
+                Write::PutMeta(key, value) => {
+                    meta.insert(key.as_str(), value.as_slice())
+                        .map_err(StoreError::redb)?;
+                }
+            }
+        }
+    }
+    // Durability::Immediate is redb's default: commit returns after fsync.
+    txn.commit().map_err(StoreError::redb)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,72 @@
+use super::*;
+
+fn entry(i: u64) -> (u64, Vec<u8>) {
+    (i, format!("entry-{i}").into_bytes())
+}
+
+#[test]
+fn append_truncate_purge_and_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = Store::open(dir.path()).unwrap();
+        store
+            .write_blocking(vec![Write::Append((1..=10).map(entry).collect())])
+            .unwrap();
+        store
+            .write_blocking(vec![
+                Write::TruncateFrom(8),
+                Write::Append(vec![(8, b"new".to_vec())]),
+            ])
+            .unwrap();
+        store
+            .write_blocking(vec![
+                Write::PurgeThrough(3),
+                Write::PutMeta("vote".into(), b"v1".to_vec()),
+            ])
+            .unwrap();
+        assert_eq!(store.log_bounds().unwrap(), Some((4, 8)));
+    }
+    let store = Store::open(dir.path()).unwrap();
+    let log = store.read_log(..).unwrap();
+    assert_eq!(log.first(), Some(&entry(4)));
+    assert_eq!(log.last(), Some(&(8, b"new".to_vec())));
+    assert_eq!(log.len(), 5);
+    assert_eq!(store.meta("vote").unwrap().as_deref(), Some(&b"v1"[..]));
+    assert_eq!(store.meta("nothing").unwrap(), None);
+    assert_eq!(store.read_log(5..7).unwrap(), vec![entry(5), entry(6)]);
+}
+
+#[test]
+fn queued_submissions_share_one_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, rx) = Store::open_paused(dir.path()).unwrap();
+    let (tx, done) = mpsc::channel();
+    for i in 1..=100 {
+        let tx = tx.clone();
+        store.submit(
+            vec![Write::Append(vec![entry(i)])],
+            Box::new(move |r| tx.send(r.is_ok()).unwrap()),
+        );
+    }
+    let store = store.start(rx);
+    for _ in 0..100 {
+        assert!(done.recv().unwrap());
+    }
+    assert_eq!(
+        store.stats().commits.load(Ordering::Relaxed),
+        1,
+        "one fsync for the whole batch"
+    );
+    assert_eq!(store.stats().submissions.load(Ordering::Relaxed), 100);
+    assert_eq!(store.log_bounds().unwrap(), Some((1, 100)));
+}
+
+#[test]
+fn a_bad_data_dir_is_a_clear_error() {
+    let file = tempfile::NamedTempFile::new().unwrap();
+    let err = Store::open(&file.path().join("sub")).unwrap_err();
+    assert!(
+        err.to_string().contains("cannot use data directory"),
+        "{err}"
+    );
+}

@@ -1,0 +1,261 @@
+//! Starts and stops real `muster server` processes and talks to them.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use serde_json::{Value, json};
+
+pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_muster");
+
+/// A running server; killed (SIGKILL) on drop if still running.
+pub(crate) struct Muster {
+    pub(crate) child: Child,
+    pub(crate) base: String,
+    pub(crate) dir: PathBuf,
+    pub(crate) http: reqwest::Client,
+    extra: Vec<String>,
+}
+
+impl Muster {
+    /// Starts a server on a free loopback port with its data in `dir`.
+    pub(crate) fn start_in(dir: &Path, extra: &[&str]) -> Muster {
+        Self::start_with_env(dir, extra, &[])
+    }
+
+    /// Starts a server with extra `MUSTER_*` variables set.
+    pub(crate) fn start_with_env(dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Muster {
+        Self::start_at(
+            dir,
+            "127.0.0.1:0",
+            extra.iter().map(|s| s.to_string()).collect(),
+            env,
+        )
+    }
+
+    fn start_at(dir: &Path, addr: &str, extra: Vec<String>, env: &[(&str, &str)]) -> Muster {
+        let mut child = Command::new(BIN)
+            .args(["server", "--data-dir"])
+            .arg(dir)
+            .args([
+                "--http-addr",
+                addr,
+                "--log-format",
+                "json",
+                "--log",
+                "muster_server=info,warn",
+            ])
+            .args(&extra)
+            .env_remove("MUSTER_ADDR")
+            .envs(env.iter().copied())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn muster server");
+        let stderr = child.stderr.take().expect("stderr");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut tx = Some(tx);
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if let Some(t) = &tx
+                    && let Ok(v) = serde_json::from_str::<Value>(&line)
+                    && v["fields"]["message"] == "muster server ready"
+                {
+                    let _ = t.send(v["fields"]["addr"].as_str().unwrap_or_default().to_string());
+                    tx = None;
+                }
+                if std::env::var_os("MUSTER_TEST_LOG").is_some() {
+                    eprintln!("[server] {line}");
+                }
+            }
+        });
+        let addr = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("server reports ready within 30s");
+        Muster {
+            child,
+            base: format!("http://{addr}"),
+            dir: dir.to_path_buf(),
+            http: reqwest::Client::new(),
+            extra,
+        }
+    }
+
+    /// SIGTERM, then wait for a clean exit.
+    pub(crate) fn stop(mut self) {
+        let pid = self.child.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        let status = self.child.wait().expect("wait");
+        assert!(status.success(), "server exited with {status}");
+    }
+
+    /// SIGKILL: no chance to flush anything.
+    pub(crate) fn kill9(mut self) {
+        self.child.kill().expect("kill -9");
+        self.child.wait().expect("wait");
+    }
+
+    /// Starts again on the same data directory and the same port.
+    pub(crate) fn restart_after(dir: &Path, addr: &str, extra: &[String]) -> Muster {
+        Self::start_at(dir, addr, extra.to_vec(), &[])
+    }
+
+    pub(crate) fn addr(&self) -> String {
+        self.base.trim_start_matches("http://").to_string()
+    }
+
+    pub(crate) fn extra(&self) -> Vec<String> {
+        self.extra.clone()
+    }
+
+    pub(crate) fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub(crate) async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let mut req = self.http.request(method, self.url(path));
+        if let Some(b) = body {
+            req = req.json_body(&b);
+        }
+        let resp = req.send().await.expect("request");
+        let status = resp.status().as_u16();
+        let bytes = resp.bytes().await.expect("body");
+        let v = serde_json::from_slice(&bytes)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()));
+        (status, v)
+    }
+
+    pub(crate) async fn get(&self, path: &str) -> (u16, Value) {
+        self.call(reqwest::Method::GET, path, None).await
+    }
+
+    pub(crate) async fn post(&self, path: &str, body: Value) -> (u16, Value) {
+        self.call(reqwest::Method::POST, path, Some(body)).await
+    }
+
+    pub(crate) async fn put(&self, path: &str, body: Value) -> (u16, Value) {
+        self.call(reqwest::Method::PUT, path, Some(body)).await
+    }
+
+    pub(crate) async fn delete(&self, path: &str) -> (u16, Value) {
+        self.call(reqwest::Method::DELETE, path, None).await
+    }
+
+    /// Registers `id` in `service` as HEALTHY (no check); returns the write's index.
+    pub(crate) async fn register(&self, service: &str, id: &str, extra: Value) -> u64 {
+        let mut body = json!({"service": service, "instanceId": id, "host": "10.0.0.1", "port": 8080, "status": "HEALTHY"});
+        if let (Some(b), Value::Object(e)) = (body.as_object_mut(), extra) {
+            b.extend(e);
+        }
+        let (status, v) = self.post("/v1/instances", body).await;
+        assert!(
+            status == 200 || status == 201,
+            "register {id}: {status} {v}"
+        );
+        v["index"].as_u64().expect("index")
+    }
+
+    /// Opens a watch stream.
+    pub(crate) async fn watch(&self, query: &str) -> Sse {
+        let resp = self
+            .http
+            .get(self.url(&format!("/v1/watch?{query}")))
+            .send()
+            .await
+            .expect("watch");
+        assert_eq!(resp.status(), 200);
+        Sse {
+            stream: Box::pin(resp.bytes_stream()),
+            buf: Vec::new(),
+        }
+    }
+}
+
+impl Drop for Muster {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// reqwest without its `json` feature: a small extension for JSON bodies.
+pub(crate) trait JsonBody {
+    fn json_body(self, v: &Value) -> Self;
+}
+
+impl JsonBody for reqwest::RequestBuilder {
+    fn json_body(self, v: &Value) -> Self {
+        self.header("content-type", "application/json")
+            .body(serde_json::to_vec(v).expect("encode"))
+    }
+}
+
+type ByteStream =
+    std::pin::Pin<Box<dyn futures_util::Stream<Item = reqwest::Result<bytes::Bytes>> + Send>>;
+
+/// A Server-Sent Events reader.
+pub(crate) struct Sse {
+    stream: ByteStream,
+    buf: Vec<u8>,
+}
+
+/// One SSE event.
+#[derive(Debug)]
+pub(crate) struct Frame {
+    pub(crate) event: String,
+    pub(crate) id: Option<u64>,
+    pub(crate) data: Value,
+}
+
+impl Sse {
+    /// The next event (comments skipped), or `None` if none arrives within `within`.
+    pub(crate) async fn next_within(&mut self, within: Duration) -> Option<Frame> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            if let Some(end) = self.buf.windows(2).position(|w| w == b"\n\n") {
+                let raw: Vec<u8> = self.buf.drain(..end + 2).collect();
+                let text = String::from_utf8(raw).expect("utf-8 frame");
+                let mut frame = Frame {
+                    event: String::new(),
+                    id: None,
+                    data: Value::Null,
+                };
+                for line in text.lines() {
+                    if let Some(e) = line.strip_prefix("event: ") {
+                        frame.event = e.to_string();
+                    } else if let Some(i) = line.strip_prefix("id: ") {
+                        frame.id = i.parse().ok();
+                    } else if let Some(d) = line.strip_prefix("data: ") {
+                        frame.data = serde_json::from_str(d).expect("event data is JSON");
+                    }
+                }
+                if frame.event.is_empty() {
+                    continue; // a keepalive comment
+                }
+                return Some(frame);
+            }
+            match tokio::time::timeout_at(deadline, self.stream.next()).await {
+                Ok(Some(Ok(chunk))) => self.buf.extend_from_slice(&chunk),
+                _ => return None,
+            }
+        }
+    }
+
+    /// The next event; fails the test if none arrives within 10 s.
+    pub(crate) async fn next(&mut self) -> Frame {
+        self.next_within(Duration::from_secs(10))
+            .await
+            .expect("an event within 10s")
+    }
+}

@@ -1,0 +1,10 @@
+//! End-to-end tests: real `muster` processes on loopback ports with temporary data directories.
+
+mod api;
+mod bad_input;
+mod blocking;
+mod cli;
+mod durability;
+mod harness;
+mod leases;
+mod watch;

@@ -149,7 +149,7 @@ fn path_id(p: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
 
 /// Adds `X-Muster-Index`, `X-Muster-Known-Leader` and `X-Muster-Last-Contact`.
 fn consistency_headers(app: &AppState, headers: &mut HeaderMap, index: u64) {
-    let status = app.raft.status();
+    let status = app.raft.cached_status();
     let set = |h: &mut HeaderMap, name: &'static str, v: String| {
         if let Ok(v) = HeaderValue::from_str(&v) {
             h.insert(HeaderName::from_static(name), v);
@@ -454,18 +454,17 @@ async fn list_services(State(app): AppRef, RawQuery(raw): RawQuery) -> ApiResult
         .hub
         .views()
         .iter()
-        .map(|v| {
-            let (statuses, zones) = v.counts();
-            ServiceSummary {
-                name: v.service.to_string(),
-                index: v.index,
-                instances: v.instances.len() as u64,
-                statuses: statuses
-                    .into_iter()
-                    .map(|(k, n)| (k.to_string(), n))
-                    .collect(),
-                zones,
-            }
+        .map(|v| ServiceSummary {
+            name: v.service.to_string(),
+            index: v.index,
+            instances: v.instances.len() as u64,
+            statuses: Status::ALL
+                .into_iter()
+                .zip(v.statuses)
+                .filter(|(_, n)| *n > 0)
+                .map(|(s, n)| (s.as_str().to_string(), n))
+                .collect(),
+            zones: v.zones(),
         })
         .collect();
     let index = app.hub.registry_index();
@@ -617,7 +616,7 @@ async fn healthz() -> Response {
 }
 
 async fn readyz(State(app): AppRef) -> Response {
-    let status = app.raft.status();
+    let status = app.raft.cached_status();
     if status.leader_id.is_some() {
         json_response(
             StatusCode::OK,

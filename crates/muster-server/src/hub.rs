@@ -31,24 +31,52 @@ use tokio::sync::watch;
 /// Most empty services (all instances gone) kept for their history and waiters.
 const MAX_EMPTY_SLOTS: usize = 4096;
 
+/// One instance with its JSON, encoded once when it changed.
+pub struct Encoded {
+    /// The instance.
+    pub instance: Arc<Instance>,
+    /// Its JSON.
+    pub json: Bytes,
+}
+
 /// One service's instances, encoded once.
 pub struct ServiceView {
     /// Service name.
     pub service: Arc<str>,
     /// The service's modify index.
     pub index: u64,
-    /// Every instance (any status), ordered by id, each with its JSON.
-    pub instances: Vec<(Arc<Instance>, Bytes)>,
+    /// Every instance (any status), ordered by id.
+    pub instances: Vec<Arc<Encoded>>,
+    /// Instances by status, indexed like [`Status::ALL`].
+    pub statuses: [u64; 6],
     healthy_body: OnceLock<Bytes>,
     snapshot_frame: OnceLock<Bytes>,
 }
 
+fn status_slot(s: Status) -> usize {
+    Status::ALL.iter().position(|x| *x == s).unwrap_or(0)
+}
+
 impl ServiceView {
-    fn new(service: Arc<str>, index: u64, instances: Vec<(Arc<Instance>, Bytes)>) -> Self {
+    fn new(service: Arc<str>, index: u64, instances: Vec<Arc<Encoded>>) -> Self {
+        let mut statuses = [0; 6];
+        for e in &instances {
+            statuses[status_slot(e.instance.status)] += 1;
+        }
+        Self::with_counts(service, index, instances, statuses)
+    }
+
+    fn with_counts(
+        service: Arc<str>,
+        index: u64,
+        instances: Vec<Arc<Encoded>>,
+        statuses: [u64; 6],
+    ) -> Self {
         ServiceView {
             service,
             index,
             instances,
+            statuses,
             healthy_body: OnceLock::new(),
             snapshot_frame: OnceLock::new(),
         }
@@ -68,20 +96,20 @@ impl ServiceView {
             64 + self
                 .instances
                 .iter()
-                .map(|(_, b)| b.len() + 1)
+                .map(|e| e.json.len() + 1)
                 .sum::<usize>(),
         );
         out.put_slice(b"{\"service\":");
         put_json_str(&mut out, &self.service);
         out.put_slice(format!(",\"index\":{},\"instances\":[", self.index).as_bytes());
         let mut first = true;
-        for (inst, json) in &self.instances {
-            if keep(inst) {
+        for e in &self.instances {
+            if keep(&e.instance) {
                 if !first {
                     out.put_u8(b',');
                 }
                 first = false;
-                out.put_slice(json);
+                out.put_slice(&e.json);
             }
         }
         out.put_slice(b"]}");
@@ -96,11 +124,11 @@ impl ServiceView {
                 data.put_slice(b"{\"type\":\"snapshot\",\"service\":");
                 put_json_str(&mut data, &self.service);
                 data.put_slice(format!(",\"index\":{},\"instances\":[", self.index).as_bytes());
-                for (i, (_, json)) in self.instances.iter().enumerate() {
+                for (i, e) in self.instances.iter().enumerate() {
                     if i > 0 {
                         data.put_u8(b',');
                     }
-                    data.put_slice(json);
+                    data.put_slice(&e.json);
                 }
                 data.put_slice(b"]}");
                 sse_frame("snapshot", self.index, &data)
@@ -108,15 +136,13 @@ impl ServiceView {
             .clone()
     }
 
-    /// Instances by status and by zone.
-    pub fn counts(&self) -> (BTreeMap<&'static str, u64>, BTreeMap<String, u64>) {
-        let mut statuses = BTreeMap::new();
+    /// Instances by zone (`""` for none); computed on demand.
+    pub fn zones(&self) -> BTreeMap<String, u64> {
         let mut zones = BTreeMap::new();
-        for (inst, _) in &self.instances {
-            *statuses.entry(inst.status.as_str()).or_insert(0) += 1;
-            *zones.entry(inst.spec.zone.clone()).or_insert(0) += 1;
+        for e in &self.instances {
+            *zones.entry(e.instance.spec.zone.clone()).or_insert(0) += 1;
         }
-        (statuses, zones)
+        zones
     }
 }
 
@@ -247,6 +273,10 @@ impl Hub {
     }
 
     /// Takes in one applied batch. Returns the services whose views changed.
+    ///
+    /// Views are updated from the batch's events alone (each event carries the instance after
+    /// the change), so the cost is the events plus one copy of the touched service's entry
+    /// list, never a walk of the registry.
     pub fn applied(&self, registry: &Registry, events: &[Event]) -> Vec<Arc<ServiceView>> {
         let mut by_service: BTreeMap<&str, Vec<&Event>> = BTreeMap::new();
         for ev in events {
@@ -258,42 +288,42 @@ impl Hub {
         let mut changed = Vec::with_capacity(by_service.len());
         for (service, evs) in by_service {
             let slot = self.slot_or_create(service);
-            // Encode each changed instance once; the view reuses the bytes.
-            let mut fresh: HashMap<*const Instance, Bytes> = HashMap::new();
+            let old = slot.view();
+            let mut instances = old.instances.clone();
+            let mut statuses = old.statuses;
             let mut frames = Vec::with_capacity(evs.len());
             for ev in evs {
                 let json = encode(&ev.instance);
-                let (name, kind) = match ev.kind {
-                    EventKind::Upsert => ("upsert", "upsert"),
-                    EventKind::Delete => ("delete", "delete"),
-                };
-                let mut data = BytesMut::with_capacity(json.len() + 80);
-                data.put_slice(format!("{{\"type\":\"{kind}\",\"service\":").as_bytes());
-                put_json_str(&mut data, service);
-                data.put_slice(format!(",\"index\":{},\"instance\":", ev.index).as_bytes());
-                data.put_slice(&json);
-                data.put_u8(b'}');
-                frames.push((ev.index, sse_frame(name, ev.index, &data)));
-                fresh.insert(Arc::as_ptr(&ev.instance), json);
+                frames.push((ev.index, event_frame(service, ev, &json)));
+                let id = ev.instance.spec.instance_id.as_str();
+                let pos =
+                    instances.binary_search_by(|e| e.instance.spec.instance_id.as_str().cmp(id));
+                match (ev.kind, pos) {
+                    (EventKind::Upsert, Ok(p)) => {
+                        statuses[status_slot(instances[p].instance.status)] -= 1;
+                        statuses[status_slot(ev.instance.status)] += 1;
+                        instances[p] = Arc::new(Encoded {
+                            instance: ev.instance.clone(),
+                            json,
+                        });
+                    }
+                    (EventKind::Upsert, Err(p)) => {
+                        statuses[status_slot(ev.instance.status)] += 1;
+                        instances.insert(
+                            p,
+                            Arc::new(Encoded {
+                                instance: ev.instance.clone(),
+                                json,
+                            }),
+                        );
+                    }
+                    (EventKind::Delete, Ok(p)) => {
+                        statuses[status_slot(instances[p].instance.status)] -= 1;
+                        instances.remove(p);
+                    }
+                    (EventKind::Delete, Err(_)) => {}
+                }
             }
-            let old = slot.view();
-            let reuse: HashMap<*const Instance, &Bytes> = old
-                .instances
-                .iter()
-                .map(|(i, b)| (Arc::as_ptr(i), b))
-                .collect();
-            let instances: Vec<(Arc<Instance>, Bytes)> = registry
-                .service_instances(service)
-                .map(|inst| {
-                    let ptr = Arc::as_ptr(inst);
-                    let json = fresh
-                        .get(&ptr)
-                        .cloned()
-                        .or_else(|| reuse.get(&ptr).map(|b| (*b).clone()))
-                        .unwrap_or_else(|| encode(inst));
-                    (inst.clone(), json)
-                })
-                .collect();
             let index = registry.service_index(service).unwrap_or(registry.index());
             {
                 let mut history = slot.history.lock().unwrap_or_else(|p| p.into_inner());
@@ -304,7 +334,12 @@ impl Hub {
                     }
                 }
             }
-            let view = Arc::new(ServiceView::new(Arc::from(service), index, instances));
+            let view = Arc::new(ServiceView::with_counts(
+                Arc::from(service),
+                index,
+                instances,
+                statuses,
+            ));
             slot.view.store(view.clone());
             slot.index.send_replace(index);
             changed.push(view);
@@ -327,7 +362,12 @@ impl Hub {
         for (name, slot) in slots.iter() {
             let instances = registry
                 .service_instances(name)
-                .map(|i| (i.clone(), encode(i)))
+                .map(|i| {
+                    Arc::new(Encoded {
+                        instance: i.clone(),
+                        json: encode(i),
+                    })
+                })
                 .collect();
             let svc_index = registry.service_index(name).unwrap_or(index);
             *slot.history.lock().unwrap_or_else(|p| p.into_inner()) = History::default();
@@ -375,6 +415,21 @@ fn new_slot(name: Arc<str>, index: u64) -> Arc<Slot> {
         index: watch::Sender::new(index),
         history: Mutex::default(),
     })
+}
+
+/// The SSE frame of one change.
+fn event_frame(service: &str, ev: &Event, json: &[u8]) -> Bytes {
+    let kind = match ev.kind {
+        EventKind::Upsert => "upsert",
+        EventKind::Delete => "delete",
+    };
+    let mut data = BytesMut::with_capacity(json.len() + 80);
+    data.put_slice(format!("{{\"type\":\"{kind}\",\"service\":").as_bytes());
+    put_json_str(&mut data, service);
+    data.put_slice(format!(",\"index\":{},\"instance\":", ev.index).as_bytes());
+    data.put_slice(json);
+    data.put_u8(b'}');
+    sse_frame(kind, ev.index, &data)
 }
 
 fn encode(inst: &Instance) -> Bytes {

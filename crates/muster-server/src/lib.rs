@@ -35,19 +35,19 @@ struct Applier {
 impl Applier {
     fn count(&self, views: &[Arc<hub::ServiceView>]) {
         for view in views {
-            let (statuses, _) = view.counts();
-            for status in Status::ALL.into_iter().filter(|s| !s.is_terminal()) {
+            for (status, n) in Status::ALL
+                .into_iter()
+                .zip(view.statuses)
+                .filter(|(s, _)| !s.is_terminal())
+            {
                 let labels = InstanceLabels {
                     service: view.service.to_string(),
                     status: status.as_str(),
                 };
-                match statuses.get(status.as_str()) {
-                    Some(n) => {
-                        self.metrics.instances.get_or_create(&labels).set(*n as i64);
-                    }
-                    None => {
-                        self.metrics.instances.remove(&labels);
-                    }
+                if n > 0 {
+                    self.metrics.instances.get_or_create(&labels).set(n as i64);
+                } else {
+                    self.metrics.instances.remove(&labels);
                 }
             }
         }

@@ -166,6 +166,9 @@ pub struct RaftNode {
     raft: Raft<TypeConfig, StateMachine>,
     sm: StateMachine,
     node_id: u64,
+    /// The latest status, refreshed on every metrics change, for hot paths.
+    cached: Arc<arc_swap::ArcSwap<ClusterStatus>>,
+    refresher: tokio::task::JoinHandle<()>,
 }
 
 impl RaftNode {
@@ -218,10 +221,26 @@ impl RaftNode {
         raft.wait_for_recovery(Some(Duration::from_secs(60)))
             .await
             .map_err(|e| format!("raft did not recover its applied state: {e}"))?;
+        let node_id = settings.node_id;
+        let cached = Arc::new(arc_swap::ArcSwap::from_pointee(status_of(
+            node_id,
+            &raft.metrics().borrow_watched(),
+        )));
+        let refresher = {
+            let (cached, mut metrics) = (cached.clone(), raft.metrics());
+            tokio::spawn(async move {
+                while metrics.changed().await.is_ok() {
+                    let status = status_of(node_id, &metrics.borrow_watched());
+                    cached.store(Arc::new(status));
+                }
+            })
+        };
         Ok(RaftNode {
             raft,
             sm,
-            node_id: settings.node_id,
+            node_id,
+            cached,
+            refresher,
         })
     }
 
@@ -255,12 +274,12 @@ impl RaftNode {
         self.sm.read(f)
     }
 
-    /// Whether this node currently leads.
+    /// Whether this node currently leads (as of the last metrics change).
     pub fn is_leader(&self) -> bool {
-        self.raft.metrics().borrow_watched().state == ServerState::Leader
+        self.cached.load().role == "Leader"
     }
 
-    /// A receiver that changes whenever the role or leader changes.
+    /// A receiver that changes whenever this node gains or loses leadership.
     pub fn leadership(&self) -> tokio::sync::watch::Receiver<bool> {
         let (tx, rx) = tokio::sync::watch::channel(self.is_leader());
         let mut metrics = self.raft.metrics();
@@ -276,42 +295,14 @@ impl RaftNode {
         rx
     }
 
-    /// Role, leader, term, progress and members.
+    /// Role, leader, term, progress and members, as of the last metrics change (cheap).
+    pub fn cached_status(&self) -> Arc<ClusterStatus> {
+        self.cached.load_full()
+    }
+
+    /// Role, leader, term, progress and members, now.
     pub fn status(&self) -> ClusterStatus {
-        let m = self.raft.metrics().borrow_watched().clone();
-        let members: Vec<Member> = {
-            let voters: std::collections::BTreeSet<u64> = m.membership_config.voter_ids().collect();
-            m.membership_config
-                .nodes()
-                .map(|(id, node)| Member {
-                    id: *id,
-                    addr: node.addr.clone(),
-                    voter: voters.contains(id),
-                })
-                .collect()
-        };
-        let leader_addr = m.current_leader.and_then(|l| {
-            members
-                .iter()
-                .find(|mem| mem.id == l)
-                .map(|mem| mem.addr.clone())
-        });
-        // Like Consul's X-Consul-LastContact: 0 on the leader itself. Followers learn theirs
-        // with multi-node clustering; until then it is unknown there.
-        let last_contact_ms = (m.state == ServerState::Leader).then_some(0);
-        ClusterStatus {
-            node_id: self.node_id,
-            role: format!("{:?}", m.state),
-            leader_id: m.current_leader,
-            leader_addr,
-            term: m.current_term,
-            last_log_index: m.last_log_index.unwrap_or(0),
-            last_applied: m.last_applied.map_or(0, |l| l.index),
-            snapshot_index: m.snapshot.map(|l| l.index),
-            purged_index: m.purged.map(|l| l.index),
-            last_contact_ms,
-            members,
-        }
+        status_of(self.node_id, &self.raft.metrics().borrow_watched())
     }
 
     /// Forces a snapshot now (and the purge that follows it).
@@ -325,9 +316,45 @@ impl RaftNode {
 
     /// Stops Raft; pending proposals fail.
     pub async fn shutdown(&self) {
+        self.refresher.abort();
         if let Err(e) = self.raft.shutdown().await {
             tracing::warn!(error = %e, "raft did not shut down cleanly");
         }
+    }
+}
+
+fn status_of(node_id: u64, m: &openraft::RaftMetrics<TypeConfig>) -> ClusterStatus {
+    let voters: std::collections::BTreeSet<u64> = m.membership_config.voter_ids().collect();
+    let members: Vec<Member> = m
+        .membership_config
+        .nodes()
+        .map(|(id, node)| Member {
+            id: *id,
+            addr: node.addr.clone(),
+            voter: voters.contains(id),
+        })
+        .collect();
+    let leader_addr = m.current_leader.and_then(|l| {
+        members
+            .iter()
+            .find(|mem| mem.id == l)
+            .map(|mem| mem.addr.clone())
+    });
+    // Like Consul's X-Consul-LastContact: 0 on the leader itself. Followers learn theirs
+    // with multi-node clustering; until then it is unknown there.
+    let last_contact_ms = (m.state == ServerState::Leader).then_some(0);
+    ClusterStatus {
+        node_id,
+        role: format!("{:?}", m.state),
+        leader_id: m.current_leader,
+        leader_addr,
+        term: m.current_term,
+        last_log_index: m.last_log_index.unwrap_or(0),
+        last_applied: m.last_applied.map_or(0, |l| l.index),
+        snapshot_index: m.snapshot.map(|l| l.index),
+        purged_index: m.purged.map(|l| l.index),
+        last_contact_ms,
+        members,
     }
 }
 

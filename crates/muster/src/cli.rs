@@ -65,6 +65,8 @@ pub(crate) enum Command {
         /// Instance id.
         id: String,
     },
+    /// Load-generate against a running server and print throughput and latency.
+    Bench(crate::bench::BenchArgs),
     /// Follow changes to services (Server-Sent Events) until interrupted.
     Watch {
         /// Services to follow.

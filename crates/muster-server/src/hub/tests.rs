@@ -102,12 +102,12 @@ fn unchanged_instances_are_not_encoded_again() {
     let after = w.hub.slot("a").unwrap().view();
     // The same bytes (same allocation), not an equal copy.
     assert_eq!(
-        before.instances[0].1.as_ptr(),
-        after.instances[0].1.as_ptr()
+        before.instances[0].json.as_ptr(),
+        after.instances[0].json.as_ptr()
     );
     assert_eq!(
-        before.instances[1].1.as_ptr(),
-        after.instances[1].1.as_ptr()
+        before.instances[1].json.as_ptr(),
+        after.instances[1].json.as_ptr()
     );
     assert_eq!(after.instances.len(), 3);
 }
@@ -165,4 +165,73 @@ fn an_emptied_service_keeps_its_slot_with_the_removal_index() {
     assert!(view.instances.is_empty());
     assert_eq!(view.index, 2);
     assert!(w.hub.views().is_empty(), "empty services are not listed");
+}
+
+mod incremental {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn arb_batch() -> impl Strategy<Value = Vec<Command>> {
+        let id = prop::sample::select(vec!["i0", "i1", "i2", "i3", "i4"]);
+        let svc = prop::sample::select(vec!["a", "b"]);
+        let cmd = prop_oneof![
+            (
+                svc,
+                id.clone(),
+                any::<bool>(),
+                prop::sample::select(vec!["z1", "z2"])
+            )
+                .prop_map(|(s, i, h, z)| register(s, i, z, h)),
+            id.clone().prop_map(|i| Command::Deregister {
+                instance_id: i.into(),
+                at: 2
+            }),
+            (id.clone(), any::<bool>()).prop_map(|(i, d)| Command::SetStatus {
+                instance_id: i.into(),
+                status: if d { Status::Draining } else { Status::Healthy },
+                reason: String::new(),
+                at: 3,
+            }),
+            (id, any::<bool>()).prop_map(|(i, r)| Command::SetReadiness {
+                instance_id: i.into(),
+                ready: r,
+                reason: "probe".into(),
+                at: 4,
+            }),
+        ];
+        prop::collection::vec(cmd, 1..6)
+    }
+
+    proptest! {
+        /// Views updated from events alone always equal a rebuild from the registry.
+        #[test]
+        fn views_follow_the_registry(batches in prop::collection::vec(arb_batch(), 1..20)) {
+            let mut w = World::new(64);
+            for batch in &batches {
+                w.apply(batch);
+                for service in ["a", "b"] {
+                    let expected: Vec<Instance> =
+                        w.reg.service_instances(service).map(|i| Instance::clone(i)).collect();
+                    let got: Vec<Instance> = w
+                        .hub
+                        .slot(service)
+                        .map(|s| s.view().instances.iter().map(|e| Instance::clone(&e.instance)).collect())
+                        .unwrap_or_default();
+                    prop_assert_eq!(&got, &expected);
+                    if let Some(slot) = w.hub.slot(service) {
+                        let view = slot.view();
+                        let mut counts = [0u64; 6];
+                        for i in &expected {
+                            counts[Status::ALL.iter().position(|s| *s == i.status).unwrap()] += 1;
+                        }
+                        prop_assert_eq!(view.statuses, counts);
+                        for e in &view.instances {
+                            let encoded = serde_json::to_vec(&*e.instance).unwrap();
+                            prop_assert_eq!(e.json.as_ref(), encoded.as_slice());
+                        }
+                    }
+                }
+            }
+        }
+    }
 }

@@ -99,14 +99,17 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
     type SnapshotData = Vec<u8>;
 
     async fn build_snapshot(&mut self) -> Result<Snapshot, std::io::Error> {
-        let (meta, data) = {
+        // Copy under the lock (pointer copies), encode outside it: apply is not held up while a
+        // large registry is serialized.
+        let (meta, registry) = {
             let state = self.read_state();
             let meta = SnapshotMeta {
                 last_log_id: state.last_applied,
                 last_membership: state.membership.clone(),
             };
-            (meta, state.registry.snapshot())
+            (meta, state.registry.clone())
         };
+        let data = registry.snapshot();
         let blob = encode_snapshot(&meta, &data)?;
         durable(
             &self.shared.store,

@@ -77,7 +77,7 @@ impl Default for Config {
             raft_heartbeat_interval: "50ms".into(),
             raft_election_timeout_min: "150ms".into(),
             raft_election_timeout_max: "300ms".into(),
-            log: "info".into(),
+            log: "info,openraft=warn".into(),
             log_format: "text".into(),
         }
     }

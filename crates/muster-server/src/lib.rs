@@ -134,6 +134,12 @@ impl Server {
         let app = http::router(state, cfg.max_body_bytes);
         let mut stop = shutdown_rx;
         let http = tokio::spawn(async move {
+            // Small frames (SSE events, short answers) must not wait for Nagle's algorithm.
+            let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+                if let Err(e) = tcp.set_nodelay(true) {
+                    tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+                }
+            });
             let served = axum::serve(listener, app)
                 .with_graceful_shutdown(async move {
                     let _ = stop.wait_for(|s| *s).await;

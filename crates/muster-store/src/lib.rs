@@ -28,6 +28,9 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
 const LOG: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("log");
 const META: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("meta");
+/// Large values (snapshots) live apart from the small, hot metadata: redb rewrites a whole leaf
+/// on update, so a snapshot beside the commit pointer would be rewritten on every commit.
+const BLOB: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("blob");
 
 /// The file name of the database inside a data directory.
 pub const DB_FILE: &str = "muster.redb";
@@ -70,8 +73,10 @@ pub enum Write {
     TruncateFrom(u64),
     /// Delete every log entry with index `<=` this one.
     PurgeThrough(u64),
-    /// Set a metadata value.
+    /// Set a small metadata value (rewritten often).
     PutMeta(String, Vec<u8>),
+    /// Set a large value (a snapshot), kept apart from the metadata.
+    PutBlob(String, Vec<u8>),
 }
 
 /// Called once the writes of a submission are durable, or failed.
@@ -149,6 +154,7 @@ impl Store {
         let txn = db.begin_write().map_err(StoreError::redb)?;
         txn.open_table(LOG).map_err(StoreError::redb)?;
         txn.open_table(META).map_err(StoreError::redb)?;
+        txn.open_table(BLOB).map_err(StoreError::redb)?;
         txn.commit().map_err(StoreError::redb)?;
         let (tx, rx) = mpsc::channel();
         let writer = Writer {
@@ -242,8 +248,21 @@ impl Store {
 
     /// Reads a committed metadata value.
     pub fn meta(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        self.get(META, key)
+    }
+
+    /// Reads a committed large value.
+    pub fn blob(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        self.get(BLOB, key)
+    }
+
+    fn get(
+        &self,
+        def: TableDefinition<'_, &str, &[u8]>,
+        key: &str,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
         let txn = self.db.begin_read().map_err(StoreError::redb)?;
-        let table = txn.open_table(META).map_err(StoreError::redb)?;
+        let table = txn.open_table(def).map_err(StoreError::redb)?;
         Ok(table
             .get(key)
             .map_err(StoreError::redb)?
@@ -287,6 +306,7 @@ fn commit<'a>(
     {
         let mut log = txn.open_table(LOG).map_err(StoreError::redb)?;
         let mut meta = txn.open_table(META).map_err(StoreError::redb)?;
+        let mut blob = txn.open_table(BLOB).map_err(StoreError::redb)?;
         for w in writes {
             match w {
                 Write::Append(items) => {
@@ -306,6 +326,10 @@ fn commit<'a>(
                 }
                 Write::PutMeta(key, value) => {
                     meta.insert(key.as_str(), value.as_slice())
+                        .map_err(StoreError::redb)?;
+                }
+                Write::PutBlob(key, value) => {
+                    blob.insert(key.as_str(), value.as_slice())
                         .map_err(StoreError::redb)?;
                 }
             }

@@ -22,6 +22,7 @@ fn append_truncate_purge_and_reopen() {
             .write_blocking(vec![
                 Write::PurgeThrough(3),
                 Write::PutMeta("vote".into(), b"v1".to_vec()),
+                Write::PutBlob("snap".into(), b"big".to_vec()),
             ])
             .unwrap();
         assert_eq!(store.log_bounds().unwrap(), Some((4, 8)));
@@ -33,6 +34,12 @@ fn append_truncate_purge_and_reopen() {
     assert_eq!(log.len(), 5);
     assert_eq!(store.meta("vote").unwrap().as_deref(), Some(&b"v1"[..]));
     assert_eq!(store.meta("nothing").unwrap(), None);
+    assert_eq!(store.blob("snap").unwrap().as_deref(), Some(&b"big"[..]));
+    assert_eq!(
+        store.meta("snap").unwrap(),
+        None,
+        "blobs and metadata are apart"
+    );
     assert_eq!(store.read_log(5..7).unwrap(), vec![entry(5), entry(6)]);
 }
 

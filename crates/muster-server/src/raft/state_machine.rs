@@ -113,7 +113,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
         let blob = encode_snapshot(&meta, &data)?;
         durable(
             &self.shared.store,
-            vec![Write::PutMeta(KEY_SNAPSHOT.into(), blob)],
+            vec![Write::PutBlob(KEY_SNAPSHOT.into(), blob)],
         )
         .await?;
         tracing::info!(index = ?meta.last_log_id.map(|l| l.index), bytes = data.len(), "snapshot built");
@@ -193,7 +193,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let blob = encode_snapshot(meta, &snapshot)?;
         durable(
             &self.shared.store,
-            vec![Write::PutMeta(KEY_SNAPSHOT.into(), blob)],
+            vec![Write::PutBlob(KEY_SNAPSHOT.into(), blob)],
         )
         .await?;
         let mut state = self.write_state();
@@ -206,7 +206,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, std::io::Error> {
-        let Some(bytes) = self.shared.store.meta(KEY_SNAPSHOT).map_err(io_err)? else {
+        let Some(bytes) = self.shared.store.blob(KEY_SNAPSHOT).map_err(io_err)? else {
             return Ok(None);
         };
         let (meta, snapshot) = decode_snapshot(&bytes)?;

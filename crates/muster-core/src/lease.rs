@@ -86,11 +86,42 @@ impl LeaseTable {
         self.set(id, lease);
     }
 
-    /// Records a change to an instance without renewing its lease.
-    pub fn set_modify_index(&mut self, id: &str, modify_index: u64) {
-        if let Some(lease) = self.leases.get_mut(id) {
-            lease.modify_index = modify_index;
+    /// Brings one lease in line with the registry after a change was applied: forgotten when
+    /// the instance is gone; restarted with a full TTL when it was (re-)registered or is new;
+    /// otherwise given the instance's current TTL and modify index, keeping its deadline (but
+    /// never later than a full new TTL from `now`).
+    ///
+    /// `instance` is `(lease TTL, modify index)` of the instance as the registry now holds it.
+    pub fn reconcile(
+        &mut self,
+        id: &str,
+        instance: Option<(u64, u64)>,
+        registered: bool,
+        now: u64,
+    ) {
+        let Some((ttl, modify_index)) = instance else {
+            self.untrack(id);
+            return;
+        };
+        match self.leases.get_key_value(id) {
+            Some((key, lease)) if !registered => {
+                let key = key.clone();
+                let deadline = lease.deadline.min(now.saturating_add(ttl));
+                let lease = Lease {
+                    deadline,
+                    ttl,
+                    modify_index,
+                    renewed_at: lease.renewed_at,
+                };
+                self.set(key, lease);
+            }
+            _ => self.track(id, ttl, modify_index, now),
         }
+    }
+
+    /// Whether the lease has run out (its expiry may be on its way through the log).
+    pub fn is_lapsed(&self, id: &str, now: u64) -> bool {
+        self.leases.get(id).is_some_and(|l| l.deadline <= now)
     }
 
     /// Stops tracking an instance.
@@ -206,10 +237,28 @@ mod tests {
     }
 
     #[test]
-    fn set_modify_index_keeps_the_deadline() {
+    fn reconcile_follows_the_registry() {
         let mut t = LeaseTable::new();
         t.track("a", 1_000, 1, 0);
-        t.set_modify_index("a", 9);
+        // A change that is not a registration keeps the deadline and takes the new index.
+        t.reconcile("a", Some((1_000, 9)), false, 500);
         assert_eq!(t.lapsed(1_000, 1), vec![(Arc::from("a"), 9)]);
+        // A shorter TTL pulls the deadline in; a longer one does not push it out.
+        t.reconcile("a", Some((200, 9)), false, 500);
+        assert_eq!(t.info("a").map(|i| i.deadline), Some(700));
+        t.reconcile("a", Some((60_000, 9)), false, 500);
+        assert_eq!(t.info("a").map(|i| i.deadline), Some(700));
+        // ... but the next renewal uses it.
+        assert_eq!(t.renew("a", 600), Ok(60_600));
+        // A registration restarts the lease, even a lapsed one.
+        assert!(t.is_lapsed("a", 70_000));
+        t.reconcile("a", Some((1_000, 10)), true, 70_000);
+        assert!(!t.is_lapsed("a", 70_000));
+        assert_eq!(t.info("a").map(|i| i.deadline), Some(71_000));
+        // Gone from the registry: forgotten. Unknown and registered: tracked.
+        t.reconcile("a", None, false, 70_001);
+        assert!(t.is_empty());
+        t.reconcile("b", Some((5_000, 11)), false, 0);
+        assert_eq!(t.info("b").map(|i| i.deadline), Some(5_000));
     }
 }

@@ -160,15 +160,15 @@ pub struct CheckRequest {
     /// e.g. `"2s"`.
     pub timeout: Option<String>,
     /// See [`Check::success_before_healthy`].
-    pub success_before_healthy: Option<i64>,
+    pub success_before_healthy: Option<serde_json::Number>,
     /// See [`Check::failures_before_unhealthy`].
-    pub failures_before_unhealthy: Option<i64>,
+    pub failures_before_unhealthy: Option<serde_json::Number>,
 }
 
 /// A registration as it arrives on the wire (`POST /v1/instances`).
 ///
-/// Numbers are read as `i64` so that an out-of-range value is reported as such (422) rather than
-/// as a type error.
+/// Numbers are read as JSON numbers of any size so that an out-of-range value (`70000`, `1e20`,
+/// `80.5`) is reported as such (422) rather than as a type error.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RegisterRequest {
@@ -179,7 +179,7 @@ pub struct RegisterRequest {
     /// IP literal or host name.
     pub host: Option<String>,
     /// 1–65535.
-    pub port: Option<i64>,
+    pub port: Option<serde_json::Number>,
     /// Availability zone.
     pub zone: Option<String>,
     /// Region.
@@ -187,7 +187,7 @@ pub struct RegisterRequest {
     /// Version label.
     pub version: Option<String>,
     /// 0–10000; default 100.
-    pub weight: Option<i64>,
+    pub weight: Option<serde_json::Number>,
     /// Deployment group, e.g. `canary`.
     pub deployment_group: Option<String>,
     /// Application protocol, e.g. `http`.
@@ -319,8 +319,9 @@ impl RegisterRequest {
         let host = self.host.ok_or_else(|| ValidationError::missing("host"))?;
         validate_host(&host)?;
         let port = self.port.ok_or_else(|| ValidationError::missing("port"))?;
-        let port = u16::try_from(port)
-            .ok()
+        let port = port
+            .as_u64()
+            .and_then(|p| u16::try_from(p).ok())
             .filter(|p| *p != 0)
             .ok_or_else(|| {
                 ValidationError::invalid("port", format!("port must be 1-65535, got {port}"))
@@ -332,8 +333,9 @@ impl RegisterRequest {
         let protocol = label(self.protocol, "protocol")?;
         let weight = match self.weight {
             None => DEFAULT_WEIGHT,
-            Some(w) => u32::try_from(w)
-                .ok()
+            Some(w) => w
+                .as_u64()
+                .and_then(|w| u32::try_from(w).ok())
                 .filter(|w| *w <= MAX_WEIGHT)
                 .ok_or_else(|| {
                     ValidationError::invalid(
@@ -596,15 +598,14 @@ fn validate_check(req: CheckRequest, field: &str) -> Result<Check, ValidationErr
             "check timeout must not exceed its interval",
         ));
     }
-    let threshold = |v: Option<i64>, sub: &str, default: u32| -> Result<u32, ValidationError> {
-        match v {
-            None => Ok(default),
-            Some(n) if (1..=100).contains(&n) => Ok(n as u32),
-            Some(n) => Err(ValidationError::invalid(
-                f(sub),
-                format!("{sub} must be 1-100, got {n}"),
-            )),
-        }
+    let threshold = |v: Option<serde_json::Number>, sub: &str, default: u32| {
+        let Some(n) = v else { return Ok(default) };
+        n.as_u64()
+            .filter(|n| (1..=100).contains(n))
+            .and_then(|n| u32::try_from(n).ok())
+            .ok_or_else(|| {
+                ValidationError::invalid(f(sub), format!("{sub} must be 1-100, got {n}"))
+            })
     };
     Ok(Check {
         kind,

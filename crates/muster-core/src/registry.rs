@@ -61,6 +61,11 @@ pub enum Command {
         want_healthy: bool,
         /// Capacity limits in force.
         limits: Limits,
+        /// The leader saw this instance's lease lapsed: count the registration as a change even
+        /// if nothing else differs, so that an expiry decided before it (which names the old
+        /// modify index) cannot remove the revived instance.
+        #[serde(default)]
+        revive: bool,
         /// Leader wall time.
         at: u64,
     },
@@ -317,8 +322,9 @@ impl Registry {
                 spec,
                 want_healthy,
                 limits,
+                revive,
                 at,
-            } => self.register(spec, *want_healthy, *limits, *at, events),
+            } => self.register(spec, *want_healthy, *limits, *revive, *at, events),
             Command::Deregister { instance_id, at } => self
                 .remove(
                     instance_id,
@@ -373,6 +379,7 @@ impl Registry {
         spec: &InstanceSpec,
         want_healthy: bool,
         limits: Limits,
+        revive: bool,
         at: u64,
         events: &mut Vec<Event>,
     ) -> Result<Applied, ApplyError> {
@@ -397,7 +404,7 @@ impl Registry {
                     );
                 }
             }
-            if next == **existing {
+            if next == **existing && !revive {
                 // An idempotent re-registration changes nothing and wakes nobody.
                 return Ok(Applied::Registered {
                     created: false,

@@ -169,21 +169,18 @@ fn consistency_headers(app: &AppState, headers: &mut HeaderMap, index: u64) {
 async fn register(State(app): AppRef, body: Result<Bytes, BytesRejection>) -> ApiResult {
     let req: RegisterRequest = extract::json(body, false)?;
     let (spec, want_healthy) = req.validate()?;
+    // A registration over a lapsed lease must void the expiry that may already be in flight.
+    let revive = app.leases.is_lapsed(&spec.instance_id);
     let cmd = Command::Register {
         spec: Box::new(spec),
         want_healthy,
         limits: app.limits,
+        revive,
         at: wall_ms(),
     };
     let proposed = app.raft.propose(cmd).await?;
     match proposed.outcome? {
         Applied::Registered { created, instance } => {
-            // A registration is a liveness claim: the lease starts over.
-            app.leases.refresh(
-                &instance.spec.instance_id,
-                instance.spec.lease_ttl,
-                instance.modify_index,
-            );
             if created {
                 app.metrics.registrations.inc();
             }
@@ -233,8 +230,14 @@ fn rfc3339(t: SystemTime) -> String {
     format_timestamp(ms).to_string()
 }
 
-async fn get_instance(State(app): AppRef, id: Result<Path<String>, PathRejection>) -> ApiResult {
+async fn get_instance(
+    State(app): AppRef,
+    id: Result<Path<String>, PathRejection>,
+    RawQuery(raw): RawQuery,
+) -> ApiResult {
     let id = path_id(id)?;
+    let pairs = extract::query(raw.as_deref(), &["consistent"])?;
+    consistent(&app, &pairs).await?;
     let (instance, index) = app
         .raft
         .read(|r| r.get(&id).cloned().map(|i| (i, r.index())))
@@ -449,7 +452,8 @@ async fn set_status(
 }
 
 async fn list_services(State(app): AppRef, RawQuery(raw): RawQuery) -> ApiResult {
-    extract::query(raw.as_deref(), &[])?;
+    let pairs = extract::query(raw.as_deref(), &["consistent"])?;
+    consistent(&app, &pairs).await?;
     let services = app
         .hub
         .views()
@@ -506,8 +510,25 @@ impl Filter {
     }
 }
 
+/// With `?consistent=true`, waits for a read-index round so the answer reflects every write
+/// acknowledged before the request.
+async fn consistent(app: &AppState, pairs: &[(String, String)]) -> Result<(), ApiError> {
+    if extract::flag(pairs, "consistent")? {
+        app.raft.linearize().await?;
+    }
+    Ok(())
+}
+
 const LOOKUP_PARAMS: &[&str] = &[
-    "status", "zone", "region", "group", "tag", "version", "index", "wait",
+    "consistent",
+    "status",
+    "zone",
+    "region",
+    "group",
+    "tag",
+    "version",
+    "index",
+    "wait",
 ];
 
 async fn service_instances(
@@ -557,12 +578,13 @@ async fn service_instances(
             Some(Duration::from_millis(ms))
         }
     };
+    consistent(&app, &pairs).await?;
     let view = match index {
         Some(after) if after > 0 => {
             let wait = wait.unwrap_or(Duration::from_millis(
                 muster_proto::DEFAULT_BLOCKING_WAIT_MS,
             ));
-            blocking_view(&app, &service, after, wait).await
+            Some(blocking_view(&app, &service, after, wait).await?)
         }
         _ => app.hub.slot(&service).map(|s| s.view()),
     };
@@ -583,19 +605,21 @@ async fn service_instances(
     Ok(resp)
 }
 
-/// Waits (with up to 1/16 jitter) until the service's index passes `after`, then returns its view.
+/// Waits until the service's index passes `after` or `wait` runs out (less up to 1/16 of
+/// jitter, so that many waiters do not return at once), then returns its view.
 async fn blocking_view(
     app: &AppState,
     service: &str,
     after: u64,
     wait: Duration,
-) -> Option<Arc<ServiceView>> {
-    let slot = app.hub.slot_or_create(service);
-    let mut rx = slot.subscribe();
-    if *rx.borrow_and_update() <= after {
-        let jitter = wait.as_millis() as u64 / 16;
+) -> Result<Arc<ServiceView>, ApiError> {
+    let (slot, mut rx) = app.hub.subscribe(service).map_err(hub_full)?;
+    // An index from beyond this registry (a wiped or restored data directory, or another
+    // cluster) answers at once, so the caller picks up the current index.
+    if *rx.borrow_and_update() <= after && after <= app.hub.registry_index() {
+        let jitter = u64::try_from(wait.as_millis() / 16).unwrap_or(0);
         let wait = wait
-            + Duration::from_millis(if jitter > 0 {
+            - Duration::from_millis(if jitter > 0 {
                 rand::random_range(0..jitter)
             } else {
                 0
@@ -604,7 +628,15 @@ async fn blocking_view(
         let _ = tokio::time::timeout(wait, rx.wait_for(|i| *i > after)).await;
         app.metrics.blocking_queries.dec();
     }
-    Some(slot.view())
+    Ok(slot.view())
+}
+
+fn hub_full(e: crate::hub::HubFull) -> ApiError {
+    ApiError::new(
+        StatusCode::TOO_MANY_REQUESTS,
+        "too_many_watches",
+        e.to_string(),
+    )
 }
 
 async fn cluster(State(app): AppRef) -> ApiResult {

@@ -20,12 +20,13 @@
 //!   `compacted` and a fresh snapshot.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
 use arc_swap::ArcSwap;
 use bytes::{BufMut, Bytes, BytesMut};
 use muster_core::{Event, EventKind, Instance, Registry, Status};
+use muster_proto::WatchEvent;
 use tokio::sync::watch;
 
 /// Most empty services (all instances gone) kept for their history and waiters.
@@ -167,7 +168,7 @@ pub(crate) fn sse_frame(event: &str, index: u64, data: &[u8]) -> Bytes {
 #[derive(Default)]
 struct History {
     frames: VecDeque<(u64, Bytes)>,
-    /// Highest index dropped from `frames`.
+    /// Highest index that may be missing from `frames` (trimmed, or before the slot existed).
     trimmed_through: u64,
 }
 
@@ -192,26 +193,71 @@ impl Slot {
         self.view.load_full()
     }
 
-    /// A receiver of this service's modify index.
-    pub fn subscribe(&self) -> watch::Receiver<u64> {
-        self.index.subscribe()
-    }
-
-    /// Frames with index greater than `after`.
-    pub(crate) fn since(&self, after: u64, floor: u64) -> Since {
+    /// Frames with `after < index <= upto`; `Compacted` when some of them may be missing.
+    pub(crate) fn since(&self, after: u64, upto: u64, floor: u64) -> Since {
         let history = self.history.lock().unwrap_or_else(|p| p.into_inner());
         if after < history.trimmed_through || after < floor {
             return Since::Compacted;
         }
         let start = history.frames.partition_point(|(i, _)| *i <= after);
-        Since::Events(history.frames.range(start..).cloned().collect())
+        let frames = history
+            .frames
+            .range(start..)
+            .take_while(|(i, _)| *i <= upto)
+            .cloned()
+            .collect();
+        Since::Events(frames)
+    }
+}
+
+/// Creating one more slot for a service without instances would pass the bound.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "too many services without instances are being watched (at most {MAX_EMPTY_SLOTS} slots); try again later"
+)]
+pub struct HubFull;
+
+/// Where one watcher of one service stands.
+pub(crate) struct Cursor {
+    pub(crate) slot: Arc<Slot>,
+    pub(crate) rx: watch::Receiver<u64>,
+    /// `Some(i)`: the watcher has every change of this service through index `i`.
+    /// `None`: it needs a snapshot.
+    sent: Option<u64>,
+}
+
+impl Cursor {
+    /// A cursor that starts with a snapshot.
+    pub(crate) fn snapshot_first(slot: Arc<Slot>, rx: watch::Receiver<u64>) -> Self {
+        Cursor {
+            slot,
+            rx,
+            sent: None,
+        }
+    }
+
+    /// A cursor that starts with the events at or after `index` (several events can share an
+    /// index, so a resume repeats those at `index`; events carry full state, so a repeat is
+    /// harmless).
+    pub(crate) fn resume_at(slot: Arc<Slot>, rx: watch::Receiver<u64>, index: u64) -> Self {
+        Cursor {
+            slot,
+            rx,
+            sent: Some(index.saturating_sub(1)),
+        }
     }
 }
 
 /// Every service's slot.
 pub struct Hub {
     slots: RwLock<HashMap<Arc<str>, Arc<Slot>>>,
+    /// Index of the state recovered at start or installed from a snapshot: history before it
+    /// is not kept.
     floor: AtomicU64,
+    /// Highest view index of an evicted slot: a slot created later may lack events up to it.
+    evicted_through: AtomicU64,
+    /// Slots whose view holds no instance.
+    empty: AtomicUsize,
     registry_index: AtomicU64,
     history_len: usize,
 }
@@ -222,12 +268,15 @@ impl Hub {
         Hub {
             slots: RwLock::default(),
             floor: AtomicU64::new(0),
+            evicted_through: AtomicU64::new(0),
+            empty: AtomicUsize::new(0),
             registry_index: AtomicU64::new(0),
             history_len: history_len.max(1),
         }
     }
 
-    /// The registry index as of the last applied batch.
+    /// The registry index as of the last applied batch. Every frame and view of that batch is
+    /// published before it.
     pub fn registry_index(&self) -> u64 {
         self.registry_index.load(Ordering::Acquire)
     }
@@ -237,32 +286,58 @@ impl Hub {
         self.floor.load(Ordering::Acquire)
     }
 
-    /// A service's slot, if it has one.
-    pub fn slot(&self, service: &str) -> Option<Arc<Slot>> {
-        self.slots
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(service)
-            .cloned()
+    fn read_slots(&self) -> std::sync::RwLockReadGuard<'_, HashMap<Arc<str>, Arc<Slot>>> {
+        self.slots.read().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// A service's slot, creating an empty one (at the current registry index) for a service
-    /// that has none, so a waiter can be woken when it appears.
-    pub fn slot_or_create(&self, service: &str) -> Arc<Slot> {
-        if let Some(slot) = self.slot(service) {
-            return slot;
+    fn write_slots(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<Arc<str>, Arc<Slot>>> {
+        self.slots.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A service's slot, if it has one.
+    pub fn slot(&self, service: &str) -> Option<Arc<Slot>> {
+        self.read_slots().get(service).cloned()
+    }
+
+    /// A service's slot and a subscription to its index, taken together so that eviction (which
+    /// spares slots with subscribers) cannot remove the slot in between. A service without one
+    /// gets an empty slot at the current registry index, so the waiter is woken when it appears;
+    /// such slots are bounded.
+    pub fn subscribe(&self, service: &str) -> Result<(Arc<Slot>, watch::Receiver<u64>), HubFull> {
+        if let Some(slot) = self.read_slots().get(service) {
+            let rx = slot.index.subscribe();
+            return Ok((slot.clone(), rx));
         }
-        let mut slots = self.slots.write().unwrap_or_else(|p| p.into_inner());
-        let index = self.registry_index();
-        slots
-            .entry(Arc::from(service))
-            .or_insert_with_key(|name| new_slot(name.clone(), index))
-            .clone()
+        let mut slots = self.write_slots();
+        if !slots.contains_key(service) && self.empty.load(Ordering::Acquire) >= MAX_EMPTY_SLOTS {
+            self.evict_empty(&mut slots);
+            if self.empty.load(Ordering::Acquire) >= MAX_EMPTY_SLOTS {
+                return Err(HubFull);
+            }
+        }
+        let slot = self.slot_in(&mut slots, service);
+        let rx = slot.index.subscribe();
+        Ok((slot, rx))
+    }
+
+    /// The slot of `service` in `slots`, created empty if missing.
+    fn slot_in(&self, slots: &mut HashMap<Arc<str>, Arc<Slot>>, service: &str) -> Arc<Slot> {
+        if let Some(slot) = slots.get(service) {
+            return slot.clone();
+        }
+        self.empty.fetch_add(1, Ordering::AcqRel);
+        let slot = new_slot(
+            Arc::from(service),
+            self.registry_index(),
+            self.evicted_through.load(Ordering::Acquire),
+        );
+        slots.insert(Arc::from(service), slot.clone());
+        slot
     }
 
     /// Views of every service holding at least one instance, ordered by name.
     pub fn views(&self) -> Vec<Arc<ServiceView>> {
-        let slots = self.slots.read().unwrap_or_else(|p| p.into_inner());
+        let slots = self.read_slots();
         let mut views: Vec<_> = slots
             .values()
             .map(|s| s.view())
@@ -272,11 +347,57 @@ impl Hub {
         views
     }
 
+    /// Queues, for every cursor, what it lacks up to the published registry index: first the
+    /// events of all services merged in index order, then `compacted` notices and snapshots. A
+    /// snapshot newer than the published index waits for the next wake-up (which is certain: its
+    /// slot is notified after the index is published), so ids never run ahead of what was sent.
+    pub(crate) fn catch_up(&self, cursors: &mut [Cursor], out: &mut VecDeque<Bytes>) {
+        let upto = self.registry_index();
+        let floor = self.floor();
+        let mut merged: Vec<(u64, usize, Bytes)> = Vec::new();
+        let mut tail = Vec::new();
+        for (k, c) in cursors.iter_mut().enumerate() {
+            if let Some(after) = c.sent {
+                match c.slot.since(after, upto, floor) {
+                    Since::Events(frames) => {
+                        if let Some((last, _)) = frames.last() {
+                            c.sent = Some(*last);
+                        }
+                        merged.extend(frames.into_iter().map(|(i, f)| (i, k, f)));
+                    }
+                    Since::Compacted => {
+                        let notice = WatchEvent::Compacted {
+                            index: after + 1,
+                            oldest: floor,
+                        };
+                        tail.push(sse_frame(
+                            "compacted",
+                            after + 1,
+                            &serde_json::to_vec(&notice).unwrap_or_default(),
+                        ));
+                        c.sent = None;
+                    }
+                }
+            }
+            if c.sent.is_none() {
+                let view = c.slot.view();
+                if view.index <= upto {
+                    c.sent = Some(view.index);
+                    tail.push(view.snapshot_frame());
+                }
+            }
+        }
+        merged.sort_by_key(|(i, k, _)| (*i, *k));
+        out.extend(merged.into_iter().map(|(_, _, f)| f));
+        out.extend(tail);
+    }
+
     /// Takes in one applied batch. Returns the services whose views changed.
     ///
     /// Views are updated from the batch's events alone (each event carries the instance after
     /// the change), so the cost is the events plus one copy of the touched service's entry
-    /// list, never a walk of the registry.
+    /// list, never a walk of the registry. Waiters are woken only after every view and frame of
+    /// the batch is in place and the registry index is published.
     pub fn applied(&self, registry: &Registry, events: &[Event]) -> Vec<Arc<ServiceView>> {
         let mut by_service: BTreeMap<&str, Vec<&Event>> = BTreeMap::new();
         for ev in events {
@@ -286,8 +407,12 @@ impl Hub {
                 .push(ev);
         }
         let mut changed = Vec::with_capacity(by_service.len());
+        let mut notify = Vec::with_capacity(by_service.len());
         for (service, evs) in by_service {
-            let slot = self.slot_or_create(service);
+            let slot = match self.slot(service) {
+                Some(slot) => slot,
+                None => self.slot_in(&mut self.write_slots(), service),
+            };
             let old = slot.view();
             let mut instances = old.instances.clone();
             let mut statuses = old.statuses;
@@ -298,24 +423,21 @@ impl Hub {
                 let id = ev.instance.spec.instance_id.as_str();
                 let pos =
                     instances.binary_search_by(|e| e.instance.spec.instance_id.as_str().cmp(id));
+                let fresh = || {
+                    Arc::new(Encoded {
+                        instance: ev.instance.clone(),
+                        json: json.clone(),
+                    })
+                };
                 match (ev.kind, pos) {
                     (EventKind::Upsert, Ok(p)) => {
                         statuses[status_slot(instances[p].instance.status)] -= 1;
                         statuses[status_slot(ev.instance.status)] += 1;
-                        instances[p] = Arc::new(Encoded {
-                            instance: ev.instance.clone(),
-                            json,
-                        });
+                        instances[p] = fresh();
                     }
                     (EventKind::Upsert, Err(p)) => {
                         statuses[status_slot(ev.instance.status)] += 1;
-                        instances.insert(
-                            p,
-                            Arc::new(Encoded {
-                                instance: ev.instance.clone(),
-                                json,
-                            }),
-                        );
+                        instances.insert(p, fresh());
                     }
                     (EventKind::Delete, Ok(p)) => {
                         statuses[status_slot(instances[p].instance.status)] -= 1;
@@ -334,6 +456,11 @@ impl Hub {
                     }
                 }
             }
+            match (old.instances.is_empty(), instances.is_empty()) {
+                (true, false) => self.empty.fetch_sub(1, Ordering::AcqRel),
+                (false, true) => self.empty.fetch_add(1, Ordering::AcqRel),
+                _ => 0,
+            };
             let view = Arc::new(ServiceView::with_counts(
                 Arc::from(service),
                 index,
@@ -341,26 +468,27 @@ impl Hub {
                 statuses,
             ));
             slot.view.store(view.clone());
-            slot.index.send_replace(index);
+            notify.push((slot, index));
             changed.push(view);
         }
         self.registry_index
             .store(registry.index(), Ordering::Release);
-        self.evict_empty();
+        for (slot, index) in notify {
+            slot.index.send_replace(index);
+        }
         changed
     }
 
     /// The whole registry was replaced: rebuild every view, forget history, and wake everyone.
     pub fn restored(&self, registry: &Registry) {
         let index = registry.index();
-        let mut slots = self.slots.write().unwrap_or_else(|p| p.into_inner());
+        let mut slots = self.write_slots();
         for name in registry.services() {
-            slots
-                .entry(Arc::from(name))
-                .or_insert_with_key(|n| new_slot(n.clone(), index));
+            self.slot_in(&mut slots, name);
         }
+        let mut empty = 0;
         for (name, slot) in slots.iter() {
-            let instances = registry
+            let instances: Vec<_> = registry
                 .service_instances(name)
                 .map(|i| {
                     Arc::new(Encoded {
@@ -369,51 +497,55 @@ impl Hub {
                     })
                 })
                 .collect();
+            empty += usize::from(instances.is_empty());
             let svc_index = registry.service_index(name).unwrap_or(index);
-            *slot.history.lock().unwrap_or_else(|p| p.into_inner()) = History::default();
+            *slot.history.lock().unwrap_or_else(|p| p.into_inner()) = History {
+                frames: VecDeque::new(),
+                trimmed_through: index,
+            };
             slot.view.store(Arc::new(ServiceView::new(
                 name.clone(),
                 svc_index,
                 instances,
             )));
-            // The channel always carries the view's index: a waiter woken by it must find a
-            // view with that index, or it would ask again at once.
-            slot.index.send_replace(svc_index);
         }
+        self.empty.store(empty, Ordering::Release);
         self.floor.store(index, Ordering::Release);
         self.registry_index.store(index, Ordering::Release);
+        for slot in slots.values() {
+            // The channel always carries the view's index: a waiter woken by it must find a
+            // view with that index, or it would ask again at once.
+            slot.index.send_replace(slot.view.load().index);
+        }
     }
 
-    fn evict_empty(&self) {
-        let empty = {
-            let slots = self.slots.read().unwrap_or_else(|p| p.into_inner());
-            slots
-                .values()
-                .filter(|s| s.view.load().instances.is_empty())
-                .count()
-        };
-        if empty <= MAX_EMPTY_SLOTS {
-            return;
-        }
-        let mut slots = self.slots.write().unwrap_or_else(|p| p.into_inner());
-        let mut raised = self.floor();
+    /// Drops empty slots nobody is subscribed to; a slot created for one of those services
+    /// later starts with history complete only from the highest evicted index.
+    fn evict_empty(&self, slots: &mut HashMap<Arc<str>, Arc<Slot>>) {
+        let mut raised = 0;
+        let mut evicted = 0;
         slots.retain(|_, slot| {
             let view = slot.view.load();
             let keep = !view.instances.is_empty() || slot.index.receiver_count() > 0;
             if !keep {
                 raised = raised.max(view.index);
+                evicted += 1;
             }
             keep
         });
-        self.floor.fetch_max(raised, Ordering::AcqRel);
+        self.empty.fetch_sub(evicted, Ordering::AcqRel);
+        self.evicted_through.fetch_max(raised, Ordering::AcqRel);
     }
 }
 
-fn new_slot(name: Arc<str>, index: u64) -> Arc<Slot> {
+fn new_slot(name: Arc<str>, index: u64, trimmed_through: u64) -> Arc<Slot> {
     Arc::new(Slot {
         view: ArcSwap::from_pointee(ServiceView::new(name, index, Vec::new())),
         index: watch::Sender::new(index),
-        history: Mutex::default(),
+        history: Mutex::new(History {
+            frames: VecDeque::new(),
+            trimmed_through,
+        }),
     })
 }
 

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
-use muster_core::{Command, Event, EventKind, LeaseTable, Registry, RenewError};
+use muster_core::{Command, Event, EventKind, Instance, LeaseTable, Registry, RenewError};
 use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 
@@ -86,28 +86,26 @@ impl Leases {
         self.lock().is_empty()
     }
 
-    /// Follows an applied batch: new instances get a full TTL, changed ones a new modify index,
-    /// gone ones are forgotten.
-    pub fn applied(&self, registry: &Registry, events: &[Event]) {
+    /// Follows an applied batch, under the state machine's lock so that the table changes in
+    /// log order: every instance the batch touched is reconciled with the registry as it now
+    /// stands, and those it (re-)registered start a full TTL.
+    pub fn applied(&self, registry: &Registry, events: &[Event], registered: &[Arc<Instance>]) {
         let now = self.now();
         let mut earliest = u64::MAX;
         {
             let mut table = self.lock();
+            let current = |id: &str| registry.get(id).map(|i| (i.spec.lease_ttl, i.modify_index));
             for ev in events {
                 let id = ev.instance.spec.instance_id.as_str();
-                match ev.kind {
-                    EventKind::Delete => table.untrack(id),
-                    EventKind::Upsert if table.info(id).is_some() => {
-                        table.set_modify_index(id, ev.instance.modify_index)
-                    }
-                    EventKind::Upsert => {
-                        // Track with the instance as it stands after the whole batch.
-                        if let Some(inst) = registry.get(id) {
-                            table.track(id, inst.spec.lease_ttl, inst.modify_index, now);
-                            earliest = earliest.min(now + inst.spec.lease_ttl);
-                        }
-                    }
+                if table.info(id).is_none() && ev.kind == EventKind::Upsert {
+                    earliest = earliest.min(now.saturating_add(ev.instance.spec.lease_ttl));
                 }
+                table.reconcile(id, current(id), false, now);
+            }
+            for inst in registered {
+                let id = inst.spec.instance_id.as_str();
+                table.reconcile(id, current(id), true, now);
+                earliest = earliest.min(now.saturating_add(inst.spec.lease_ttl));
             }
         }
         self.nudge(earliest);
@@ -130,12 +128,10 @@ impl Leases {
         self.nudge(0);
     }
 
-    /// A registration was accepted: the lease starts over with a full TTL.
-    pub fn refresh(&self, id: &str, ttl: u64, modify_index: u64) -> SystemTime {
+    /// Whether the lease has lapsed (its expiry may be on its way through the log).
+    pub fn is_lapsed(&self, id: &str) -> bool {
         let now = self.now();
-        self.lock().track(id, ttl, modify_index, now);
-        self.nudge(now + ttl);
-        self.to_wall(now + ttl, now)
+        self.lock().is_lapsed(id, now)
     }
 
     /// Renews a lease; returns when it now runs out.
@@ -168,28 +164,30 @@ impl Leases {
         mut shutdown: watch::Receiver<bool>,
     ) {
         let mut leadership = raft.leadership();
-        let mut was_leader = false;
+        let mut armed_term = None;
         loop {
             if *shutdown.borrow() {
                 return;
             }
-            let leader = *leadership.borrow_and_update();
-            if leader && !was_leader {
-                let now = self.now();
-                let mut table = self.lock();
-                table.arm_all(now);
-                tracing::info!(
-                    leases = table.len(),
-                    "leading: every lease re-armed with a full TTL"
-                );
-            }
-            was_leader = leader;
-            if !leader {
+            let leading_term = *leadership.borrow_and_update();
+            let Some(term) = leading_term else {
                 tokio::select! {
                     _ = leadership.changed() => {}
                     _ = shutdown.changed() => {}
                 }
                 continue;
+            };
+            if armed_term != Some(term) {
+                // Once per term of office: until now renewals went to another node, or nowhere.
+                let now = self.now();
+                let mut table = self.lock();
+                table.arm_all(now);
+                armed_term = Some(term);
+                tracing::info!(
+                    term,
+                    leases = table.len(),
+                    "leading: every lease re-armed with a full TTL"
+                );
             }
             let now = self.now();
             let (lapsed, next) = {

@@ -13,7 +13,7 @@ pub mod raft;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use muster_core::{Event, EventKind, Limits, Registry, Status};
+use muster_core::{Event, EventKind, Instance, Limits, Registry, Status};
 use muster_store::Store;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -55,9 +55,9 @@ impl Applier {
 }
 
 impl ApplyObserver for Applier {
-    fn applied(&self, registry: &Registry, events: &[Event]) {
+    fn applied(&self, registry: &Registry, events: &[Event], registered: &[Arc<Instance>]) {
         let changed = self.hub.applied(registry, events);
-        self.leases.applied(registry, events);
+        self.leases.applied(registry, events, registered);
         let expired = events
             .iter()
             .filter(|e| e.kind == EventKind::Delete && e.instance.status == Status::Expired)

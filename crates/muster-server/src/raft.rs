@@ -19,7 +19,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use muster_core::{Applied, ApplyError, Command, Event, Registry};
+use muster_core::{Applied, ApplyError, Command, Event, Instance, Registry};
 use muster_store::Store;
 use openraft::async_runtime::WatchReceiver;
 use openraft::errors::{ClientWriteError, RaftError};
@@ -61,8 +61,10 @@ pub struct Response(pub Option<Result<Applied, ApplyError>>);
 /// when the whole state was replaced (startup or snapshot install). Implementations must not
 /// block: apply waits for them.
 pub trait ApplyObserver: Send + Sync + 'static {
-    /// A batch was applied; `events` are its changes in order.
-    fn applied(&self, registry: &Registry, events: &[Event]);
+    /// A batch was applied; `events` are its changes in order, and `registered` the instances
+    /// a `Register` command of the batch accepted (including re-registrations that changed
+    /// nothing and so made no event).
+    fn applied(&self, registry: &Registry, events: &[Event], registered: &[Arc<Instance>]);
     /// The registry was replaced wholesale.
     fn restored(&self, registry: &Registry);
 }
@@ -269,6 +271,25 @@ impl RaftNode {
         }
     }
 
+    /// Waits until this node has applied everything committed before the call, confirmed by a
+    /// quorum (a read-index round): a read after it is linearizable.
+    pub async fn linearize(&self) -> Result<u64, ProposeError> {
+        match self
+            .raft
+            .ensure_linearizable(openraft::ReadPolicy::ReadIndex)
+            .await
+        {
+            Ok(read) => Ok(read.index()),
+            Err(RaftError::APIError(openraft::errors::LinearizableReadError::ForwardToLeader(
+                f,
+            ))) => Err(ProposeError::NotLeader {
+                leader: f.leader_id.zip(f.leader_node.map(|n| n.addr)),
+            }),
+            Err(RaftError::APIError(e)) => Err(ProposeError::Unavailable(e.to_string())),
+            Err(RaftError::Fatal(e)) => Err(ProposeError::Unavailable(e.to_string())),
+        }
+    }
+
     /// Runs `f` against the applied registry. Never call it across an `.await`.
     pub fn read<R>(&self, f: impl FnOnce(&Registry) -> R) -> R {
         self.sm.read(f)
@@ -279,14 +300,17 @@ impl RaftNode {
         self.cached.load().role == "Leader"
     }
 
-    /// A receiver that changes whenever this node gains or loses leadership.
-    pub fn leadership(&self) -> tokio::sync::watch::Receiver<bool> {
-        let (tx, rx) = tokio::sync::watch::channel(self.is_leader());
+    /// A receiver of `Some(term)` while this node leads in that term, `None` otherwise.
+    pub fn leadership(&self) -> tokio::sync::watch::Receiver<Option<u64>> {
+        let leading = |m: &openraft::RaftMetrics<TypeConfig>| {
+            (m.state == ServerState::Leader).then_some(m.current_term)
+        };
         let mut metrics = self.raft.metrics();
+        let (tx, rx) = tokio::sync::watch::channel(leading(&metrics.borrow_watched()));
         tokio::spawn(async move {
             loop {
-                let leader = metrics.borrow_watched().state == ServerState::Leader;
-                tx.send_if_modified(|v| std::mem::replace(v, leader) != leader);
+                let now = leading(&metrics.borrow_watched());
+                tx.send_if_modified(|v| std::mem::replace(v, now) != now);
                 if metrics.changed().await.is_err() || tx.is_closed() {
                     break;
                 }

@@ -52,6 +52,22 @@ fn out_of_range_values_say_what_was_expected() {
             "got 70000",
         ),
         (
+            r#"{"service":"a","instanceId":"x","host":"h","port":1e20}"#.to_string(),
+            "port",
+            "got 1e+20",
+        ),
+        (
+            r#"{"service":"a","instanceId":"x","host":"h","port":80.5}"#.to_string(),
+            "port",
+            "got 80.5",
+        ),
+        (base(r#","weight":-1"#), "weight", "weight must be 0-10000"),
+        (
+            base(r#","check":{"type":"tcp","failuresBeforeUnhealthy":0}"#),
+            "check.failuresBeforeUnhealthy",
+            "1-100",
+        ),
+        (
             base(r#","weight":10001"#),
             "weight",
             "weight must be 0-10000",

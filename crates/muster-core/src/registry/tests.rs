@@ -7,7 +7,7 @@ fn spec(service: &str, id: &str, check: bool) -> Box<InstanceSpec> {
         service: Some(service.into()),
         instance_id: Some(id.into()),
         host: Some("10.0.0.1".into()),
-        port: Some(8080),
+        port: Some(8080.into()),
         zone: Some("z1".into()),
         ..Default::default()
     };
@@ -22,6 +22,7 @@ fn register(service: &str, id: &str, healthy: bool) -> Command {
         spec: spec(service, id, !healthy),
         want_healthy: healthy,
         limits: Limits::default(),
+        revive: false,
         at: 1,
     }
 }
@@ -212,6 +213,7 @@ fn expire_skips_instances_that_changed_since_the_leader_looked() {
         spec: changed,
         want_healthy: false,
         limits: Limits::default(),
+        revive: false,
         at: 3,
     })
     .unwrap();
@@ -251,6 +253,32 @@ fn idempotent_reregistration_does_not_touch_the_service_index() {
 }
 
 #[test]
+fn a_revived_reregistration_voids_an_earlier_expiry_decision() {
+    let mut h = Harness::new();
+    h.apply(register("inv", "i1", true)).unwrap();
+    let seen = h.reg.get("i1").unwrap().modify_index;
+    let mut cmd = register("inv", "i1", true);
+    if let Command::Register { revive, .. } = &mut cmd {
+        *revive = true;
+    }
+    h.apply(cmd).unwrap();
+    assert_eq!(h.events.len(), 1, "a revival is a change");
+    let applied = h
+        .apply(Command::Expire {
+            instances: vec![("i1".into(), seen)],
+            at: 9,
+        })
+        .unwrap();
+    assert_eq!(
+        applied,
+        Applied::Expired {
+            instance_ids: vec![]
+        }
+    );
+    assert!(h.reg.get("i1").is_some());
+}
+
+#[test]
 fn one_service_changing_leaves_the_other_index_alone() {
     let mut h = Harness::new();
     h.apply(register("a", "a1", true)).unwrap();
@@ -280,6 +308,7 @@ fn id_conflicts_and_limits() {
             spec: spec("a", "y", false),
             want_healthy: false,
             limits,
+            revive: false,
             at: 1,
         })
         .unwrap_err();
@@ -294,6 +323,7 @@ fn id_conflicts_and_limits() {
         spec: spec("b", "y", false),
         want_healthy: false,
         limits,
+        revive: false,
         at: 1,
     })
     .unwrap();
@@ -302,6 +332,7 @@ fn id_conflicts_and_limits() {
             spec: spec("c", "z", false),
             want_healthy: false,
             limits,
+            revive: false,
             at: 1,
         })
         .unwrap_err();
@@ -317,6 +348,7 @@ fn id_conflicts_and_limits() {
         spec: spec("b", "y", true),
         want_healthy: false,
         limits,
+        revive: false,
         at: 2,
     })
     .unwrap();
@@ -349,8 +381,15 @@ fn arb_command() -> impl Strategy<Value = Command> {
     let id = prop::sample::select(vec!["i0", "i1", "i2", "i3", "i4", "i5"]);
     let svc = prop::sample::select(vec!["a", "b", "c"]);
     prop_oneof![
-        (svc, id.clone(), any::<bool>(), any::<bool>(), 0u32..3).prop_map(
-            |(s, i, check, healthy, w)| {
+        (
+            svc,
+            id.clone(),
+            any::<bool>(),
+            any::<bool>(),
+            0u32..3,
+            any::<bool>()
+        )
+            .prop_map(|(s, i, check, healthy, w, revive)| {
                 let mut sp = spec(s, i, check);
                 sp.weight = w;
                 Command::Register {
@@ -360,10 +399,10 @@ fn arb_command() -> impl Strategy<Value = Command> {
                         max_instances_per_service: 4,
                         max_instances: 5,
                     },
+                    revive,
                     at: 10,
                 }
-            }
-        ),
+            }),
         id.clone().prop_map(|i| Command::Deregister {
             instance_id: i.into(),
             at: 11

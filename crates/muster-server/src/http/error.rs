@@ -97,7 +97,7 @@ impl From<ApplyError> for ApiError {
                 ApiError::new(StatusCode::CONFLICT, "conflict", message).field("instanceId")
             }
             ApplyError::LimitExceeded { .. } => {
-                ApiError::new(StatusCode::TOO_MANY_REQUESTS, "limit_exceeded", message)
+                ApiError::new(StatusCode::CONFLICT, "limit_exceeded", message)
             }
             ApplyError::InvalidTransition { .. } => {
                 ApiError::new(StatusCode::CONFLICT, "invalid_transition", message).field("status")

@@ -126,3 +126,15 @@ pub(crate) fn instance_id(id: &str) -> Result<(), ApiError> {
     muster_core::model::validate_instance_id(id, "id")
         .map_err(|e| ApiError::bad_param("id", e.message))
 }
+
+/// A flag parameter: absent, empty (`?consistent`), `true`/`1` or `false`/`0`.
+pub(crate) fn flag(pairs: &[(String, String)], name: &str) -> Result<bool, ApiError> {
+    match single(pairs, name)? {
+        None | Some("false" | "0") => Ok(false),
+        Some("" | "true" | "1") => Ok(true),
+        Some(v) => Err(ApiError::bad_param(
+            name,
+            format!("{name} must be true or false, got {v:?}"),
+        )),
+    }
+}

@@ -16,25 +16,17 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use futures_util::stream;
 use muster_proto::{MAX_WATCH_SERVICES, WatchEvent};
-use tokio::sync::watch;
 
 use super::error::ApiError;
 use super::{AppRef, AppState, extract};
-use crate::hub::{Since, Slot, sse_frame};
+use crate::hub::{Cursor, sse_frame};
 
 /// Comment sent when nothing else was for this long, so proxies keep the stream open.
 const KEEPALIVE: Duration = Duration::from_secs(15);
 
-struct Followed {
-    slot: Arc<Slot>,
-    rx: watch::Receiver<u64>,
-    /// Index through which this watcher has been sent the service's state.
-    sent: u64,
-}
-
 struct Watcher {
     app: Arc<AppState>,
-    followed: Vec<Followed>,
+    cursors: Vec<Cursor>,
     pending: VecDeque<Bytes>,
 }
 
@@ -45,59 +37,27 @@ impl Drop for Watcher {
 }
 
 impl Watcher {
-    /// Queues a service's snapshot and records its index.
-    fn snapshot(&mut self, i: usize) {
-        let view = self.followed[i].slot.view();
-        self.followed[i].sent = view.index;
-        self.pending.push_back(view.snapshot_frame());
-    }
-
-    fn compacted(&mut self, asked: u64) {
-        let event = WatchEvent::Compacted {
-            index: asked,
-            oldest: self.app.hub.floor(),
-        };
-        let data = serde_json::to_vec(&event).unwrap_or_default();
-        self.pending.push_back(sse_frame("compacted", asked, &data));
-    }
-
-    /// Queues what service `i` has after `sent`; on a gap, a compacted event and a snapshot.
-    fn catch_up(&mut self, i: usize) {
-        let f = &self.followed[i];
-        match f.slot.since(f.sent, self.app.hub.floor()) {
-            Since::Events(frames) => {
-                for (index, frame) in frames {
-                    self.followed[i].sent = index;
-                    self.pending.push_back(frame);
-                }
-            }
-            Since::Compacted => {
-                let asked = f.sent;
-                self.compacted(asked);
-                self.snapshot(i);
-            }
-        }
-    }
-
     async fn next_frame(&mut self) -> Option<Bytes> {
         loop {
             if let Some(frame) = self.pending.pop_front() {
                 return Some(frame);
             }
-            let changed = {
-                let waits = self.followed.iter_mut().map(|f| Box::pin(f.rx.changed()));
+            let woke = {
+                let waits = self.cursors.iter_mut().map(|c| Box::pin(c.rx.changed()));
                 match tokio::time::timeout(KEEPALIVE, futures_util::future::select_all(waits)).await
                 {
                     Err(_) => None,
-                    Ok((result, i, _)) => Some(result.map(|()| i)),
+                    Ok((result, _, _)) => Some(result),
                 }
             };
-            match changed {
+            match woke {
                 None => return Some(Bytes::from_static(b": keepalive\n\n")),
                 Some(Err(_)) => return None,
-                Some(Ok(i)) => {
-                    self.followed[i].rx.borrow_and_update();
-                    self.catch_up(i);
+                Some(Ok(())) => {
+                    for c in &mut self.cursors {
+                        c.rx.borrow_and_update();
+                    }
+                    self.app.hub.catch_up(&mut self.cursors, &mut self.pending);
                 }
             }
         }
@@ -148,40 +108,37 @@ pub(super) async fn watch(
             )
         })?);
     }
-    let followed = services
-        .iter()
-        .map(|s| {
-            let slot = app.hub.slot_or_create(s);
-            let mut rx = slot.subscribe();
-            rx.borrow_and_update();
-            Followed { slot, rx, sent: 0 }
-        })
-        .collect();
+    // An index from beyond this registry's history (a wiped or restored data directory, or
+    // another cluster) cannot be resumed from: start over like a compacted resume.
+    let requested = index;
+    let index = requested.filter(|i| *i <= app.hub.registry_index() + 1);
+    let mut cursors = Vec::with_capacity(services.len());
+    for s in &services {
+        let (slot, mut rx) = app.hub.subscribe(s).map_err(super::hub_full)?;
+        rx.borrow_and_update();
+        cursors.push(match index {
+            Some(i) => Cursor::resume_at(slot, rx, i),
+            None => Cursor::snapshot_first(slot, rx),
+        });
+    }
     app.metrics.watch_subscribers.inc();
     let mut w = Watcher {
         app: app.clone(),
-        followed,
+        cursors,
         pending: VecDeque::new(),
     };
-    match index {
-        Some(asked) if asked >= app.hub.floor() => {
-            for i in 0..w.followed.len() {
-                w.followed[i].sent = asked;
-                w.catch_up(i);
-            }
-        }
-        Some(asked) => {
-            w.compacted(asked);
-            for i in 0..w.followed.len() {
-                w.snapshot(i);
-            }
-        }
-        None => {
-            for i in 0..w.followed.len() {
-                w.snapshot(i);
-            }
-        }
+    if let (Some(asked), None) = (requested, index) {
+        let notice = WatchEvent::Compacted {
+            index: asked,
+            oldest: app.hub.floor(),
+        };
+        w.pending.push_back(sse_frame(
+            "compacted",
+            asked,
+            &serde_json::to_vec(&notice).unwrap_or_default(),
+        ));
     }
+    app.hub.catch_up(&mut w.cursors, &mut w.pending);
     let body = Body::from_stream(stream::unfold(w, |mut w| async move {
         w.next_frame()
             .await

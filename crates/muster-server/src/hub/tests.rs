@@ -32,7 +32,7 @@ fn register(service: &str, id: &str, zone: &str, healthy: bool) -> Command {
         service: Some(service.into()),
         instance_id: Some(id.into()),
         host: Some("10.0.0.1".into()),
-        port: Some(80),
+        port: Some(80.into()),
         zone: Some(zone.into()),
         ..Default::default()
     };
@@ -41,6 +41,7 @@ fn register(service: &str, id: &str, zone: &str, healthy: bool) -> Command {
         spec: Box::new(spec),
         want_healthy: healthy,
         limits: Limits::default(),
+        revive: false,
         at: 1,
     }
 }
@@ -116,9 +117,9 @@ fn unchanged_instances_are_not_encoded_again() {
 fn a_change_moves_only_its_own_service_index() {
     let mut w = World::new(16);
     w.apply(&[register("a", "a1", "", true), register("b", "b1", "", true)]);
-    let mut rx_b = w.hub.slot("b").unwrap().subscribe();
+    let mut rx_b = w.hub.subscribe("b").unwrap().1;
     rx_b.borrow_and_update();
-    let mut rx_a = w.hub.slot("a").unwrap().subscribe();
+    let mut rx_a = w.hub.subscribe("a").unwrap().1;
     rx_a.borrow_and_update();
     w.apply(&[register("a", "a2", "", true)]);
     assert!(rx_a.has_changed().unwrap());
@@ -136,21 +137,141 @@ fn history_resumes_and_reports_compaction() {
     w.apply(&[register("a", "a2", "", true)]);
     w.apply(&[register("a", "a3", "", true)]);
     let slot = w.hub.slot("a").unwrap();
-    match slot.since(1, w.hub.floor()) {
+    match slot.since(1, u64::MAX, w.hub.floor()) {
         Since::Events(e) => assert_eq!(e.iter().map(|(i, _)| *i).collect::<Vec<_>>(), [2, 3]),
         Since::Compacted => panic!("index 1 is still covered"),
     }
     assert!(
-        matches!(slot.since(0, w.hub.floor()), Since::Compacted),
+        matches!(slot.since(0, u64::MAX, w.hub.floor()), Since::Compacted),
         "event 1 was trimmed"
     );
-    assert!(matches!(slot.since(3, 0), Since::Events(ref e) if e.is_empty()));
+    assert!(matches!(slot.since(3, u64::MAX, 0), Since::Events(ref e) if e.is_empty()));
 
     // A restore raises the floor: older resumes are compacted.
     w.hub.restored(&w.reg);
     assert_eq!(w.hub.floor(), 3);
-    assert!(matches!(slot.since(2, w.hub.floor()), Since::Compacted));
+    assert!(matches!(
+        slot.since(2, u64::MAX, w.hub.floor()),
+        Since::Compacted
+    ));
     assert_eq!(slot.view().instances.len(), 3);
+}
+
+fn frame_ids(frames: &VecDeque<Bytes>) -> Vec<(String, u64)> {
+    frames
+        .iter()
+        .map(|f| {
+            let text = std::str::from_utf8(f).unwrap();
+            let event = text
+                .lines()
+                .find_map(|l| l.strip_prefix("event: "))
+                .unwrap()
+                .to_string();
+            let id = text
+                .lines()
+                .find_map(|l| l.strip_prefix("id: "))
+                .unwrap()
+                .parse()
+                .unwrap();
+            (event, id)
+        })
+        .collect()
+}
+
+#[test]
+fn a_multi_service_watch_gets_events_in_index_order() {
+    let mut w = World::new(16);
+    w.apply(&[register("a", "a0", "", true), register("b", "b0", "", true)]);
+    let mut cursors: Vec<Cursor> = ["a", "b"]
+        .iter()
+        .map(|s| {
+            let (slot, rx) = w.hub.subscribe(s).unwrap();
+            Cursor::resume_at(slot, rx, 3)
+        })
+        .collect();
+    // One batch touching b, then a, then b: the hub handles services in name order, the
+    // watcher must still see 3, 4, 5.
+    w.apply(&[
+        register("b", "b1", "", true),
+        register("a", "a1", "", true),
+        register("b", "b2", "", true),
+    ]);
+    let mut out = VecDeque::new();
+    w.hub.catch_up(&mut cursors, &mut out);
+    let ids: Vec<u64> = frame_ids(&out).into_iter().map(|(_, i)| i).collect();
+    assert_eq!(ids, [3, 4, 5]);
+    // Caught up: nothing more.
+    out.clear();
+    w.hub.catch_up(&mut cursors, &mut out);
+    assert!(out.is_empty());
+}
+
+#[test]
+fn a_resume_repeats_every_event_sharing_the_index() {
+    let mut w = World::new(16);
+    w.apply(&[
+        register("a", "a1", "", true),
+        register("a", "a2", "", true),
+        register("a", "a3", "", true),
+    ]);
+    let expire = Command::Expire {
+        instances: vec![("a1".into(), 1), ("a2".into(), 2), ("a3".into(), 3)],
+        at: 9,
+    };
+    w.apply(&[expire]);
+    let (slot, rx) = w.hub.subscribe("a").unwrap();
+    let mut cursors = vec![Cursor::resume_at(slot, rx, 4)];
+    let mut out = VecDeque::new();
+    w.hub.catch_up(&mut cursors, &mut out);
+    assert_eq!(
+        frame_ids(&out),
+        [
+            ("delete".into(), 4),
+            ("delete".into(), 4),
+            ("delete".into(), 4)
+        ]
+    );
+}
+
+#[test]
+fn a_fresh_watch_gets_a_snapshot_and_a_lost_history_gets_compacted() {
+    let mut w = World::new(1);
+    w.apply(&[register("a", "a1", "", true)]);
+    w.apply(&[register("a", "a2", "", true)]);
+    let (slot, rx) = w.hub.subscribe("a").unwrap();
+    let mut fresh = vec![Cursor::snapshot_first(slot.clone(), rx.clone())];
+    let mut out = VecDeque::new();
+    w.hub.catch_up(&mut fresh, &mut out);
+    assert_eq!(frame_ids(&out), [("snapshot".into(), 2)]);
+    let mut stale = vec![Cursor::resume_at(slot, rx, 1)];
+    out.clear();
+    w.hub.catch_up(&mut stale, &mut out);
+    assert_eq!(
+        frame_ids(&out),
+        [("compacted".into(), 1), ("snapshot".into(), 2)]
+    );
+}
+
+#[test]
+fn slots_for_services_without_instances_are_bounded() {
+    let w = World::new(4);
+    let mut held = Vec::new();
+    for i in 0..MAX_EMPTY_SLOTS {
+        held.push(
+            w.hub
+                .subscribe(&format!("ghost-{i}"))
+                .expect("under the bound"),
+        );
+    }
+    assert!(
+        w.hub.subscribe("one-more").is_err(),
+        "every empty slot is watched: refuse"
+    );
+    drop(held);
+    assert!(
+        w.hub.subscribe("one-more").is_ok(),
+        "unwatched empty slots are evicted to make room"
+    );
 }
 
 #[test]

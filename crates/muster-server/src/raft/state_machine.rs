@@ -12,7 +12,7 @@
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use futures_util::{Stream, TryStreamExt};
-use muster_core::Registry;
+use muster_core::{Applied, Registry};
 use muster_store::{Store, Write};
 use openraft::alias::{LogIdOf, SnapshotMetaOf, SnapshotOf, StoredMembershipOf};
 use openraft::storage::{EntryResponder, RaftStateMachine};
@@ -38,6 +38,8 @@ struct Shared {
     state: RwLock<State>,
     observer: Arc<dyn ApplyObserver>,
     store: Store,
+    /// Serializes snapshot writes; holds the index of the stored snapshot once known.
+    stored_snapshot: tokio::sync::Mutex<Option<Option<u64>>>,
 }
 
 /// The registry state machine; clones share the same state.
@@ -52,6 +54,7 @@ impl StateMachine {
             state: RwLock::default(),
             observer,
             store,
+            stored_snapshot: tokio::sync::Mutex::new(None),
         };
         StateMachine {
             shared: Arc::new(shared),
@@ -68,6 +71,46 @@ impl StateMachine {
 
     fn write_state(&self) -> RwLockWriteGuard<'_, State> {
         self.shared.state.write().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl StateMachine {
+    /// Stores a snapshot unless the stored one is at least as new. A build (which runs beside
+    /// apply) can finish after an install of a newer snapshot; overwriting that would leave a
+    /// snapshot older than the purged log, from which the node could never restart.
+    async fn persist_snapshot(
+        &self,
+        meta: &SnapshotMeta,
+        data: &[u8],
+    ) -> Result<(), std::io::Error> {
+        let mut stored = self.shared.stored_snapshot.lock().await;
+        if stored.is_none() {
+            let current = match self.shared.store.blob(KEY_SNAPSHOT).map_err(io_err)? {
+                Some(bytes) => decode_snapshot(&bytes)?.0.last_log_id.map(|l| l.index),
+                None => None,
+            };
+            *stored = Some(current);
+        }
+        let new = meta.last_log_id.map(|l| l.index);
+        if let Some(current) = *stored
+            && current.is_some()
+            && current >= new
+        {
+            tracing::debug!(
+                ?new,
+                ?current,
+                "not storing a snapshot older than the stored one"
+            );
+            return Ok(());
+        }
+        let blob = encode_snapshot(meta, data)?;
+        durable(
+            &self.shared.store,
+            vec![Write::PutBlob(KEY_SNAPSHOT.into(), blob)],
+        )
+        .await?;
+        *stored = Some(new);
+        Ok(())
     }
 }
 
@@ -110,12 +153,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
             (meta, state.registry.clone())
         };
         let data = registry.snapshot();
-        let blob = encode_snapshot(&meta, &data)?;
-        durable(
-            &self.shared.store,
-            vec![Write::PutBlob(KEY_SNAPSHOT.into(), blob)],
-        )
-        .await?;
+        self.persist_snapshot(&meta, &data).await?;
         tracing::info!(index = ?meta.last_log_id.map(|l| l.index), bytes = data.len(), "snapshot built");
         Ok(Snapshot {
             meta,
@@ -143,6 +181,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         }
         let mut replies = Vec::new();
         let mut events = Vec::new();
+        let mut registered = Vec::new();
         {
             let mut state = self.write_state();
             let state = &mut *state;
@@ -167,12 +206,17 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     }
                     Err(e) => return Err(io_err(e)),
                 };
+                if let Some(Ok(Applied::Registered { instance, .. })) = &outcome {
+                    registered.push(instance.clone());
+                }
                 state.last_applied = Some(entry.log_id);
                 if let Some(r) = responder {
                     replies.push((r, Response(outcome)));
                 }
             }
-            self.shared.observer.applied(&state.registry, &events);
+            self.shared
+                .observer
+                .applied(&state.registry, &events, &registered);
         }
         for (responder, response) in replies {
             responder.send(response);
@@ -190,12 +234,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         snapshot: Vec<u8>,
     ) -> Result<(), std::io::Error> {
         let registry = Registry::restore(&snapshot).map_err(io_err)?;
-        let blob = encode_snapshot(meta, &snapshot)?;
-        durable(
-            &self.shared.store,
-            vec![Write::PutBlob(KEY_SNAPSHOT.into(), blob)],
-        )
-        .await?;
+        self.persist_snapshot(meta, &snapshot).await?;
         let mut state = self.write_state();
         state.registry = registry;
         state.last_applied = meta.last_log_id;

@@ -178,6 +178,15 @@ async fn filters_services_and_batch_heartbeats() {
         assert_eq!(status, 200, "{query}: {v}");
         assert_eq!(ids(&v), want, "{query}");
     }
+    // A read-index round first: same answer on one node, and a bad flag is refused.
+    let (status, v) = m.get("/v1/services/orders-api?consistent=true").await;
+    assert_eq!((status, ids(&v).len()), (200, 3));
+    assert_eq!(m.get("/v1/services?consistent").await.0, 200);
+    assert_eq!(m.get("/v1/instances/o1?consistent=1").await.0, 200);
+    assert_eq!(
+        m.get("/v1/services/orders-api?consistent=maybe").await.0,
+        400
+    );
     let (_, unknown) = m.get("/v1/services/nobody").await;
     assert_eq!(unknown["instances"], json!([]));
     assert!(unknown["index"].as_u64().unwrap() > 0);

@@ -294,7 +294,7 @@ async fn each_class_of_bad_input() {
     check(
         m.post("/v1/instances", with("instanceId", json!("a3")))
             .await,
-        429,
+        409,
         "limit_exceeded",
         None,
     );

@@ -70,3 +70,24 @@ async fn silent_instances_expire_and_heartbeating_ones_stay() {
         .unwrap();
     assert!(text.contains("muster_expirations_total 2"), "{text}");
 }
+
+#[tokio::test]
+async fn a_reregistered_ttl_holds_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = Muster::start_in(dir.path(), &[]);
+    m.register("pay", "p1", json!({"leaseTtl": "1s"})).await;
+    // The re-registration changes the TTL: from now on the lease is an hour long.
+    m.register("pay", "p1", json!({"leaseTtl": "1h"})).await;
+    let (addr, extra) = (m.addr(), m.extra());
+    m.stop();
+    let m = Muster::restart_after(dir.path(), &addr, &extra);
+    let mut sse = m.watch("service=pay").await;
+    assert_eq!(sse.next().await.event, "snapshot");
+    // Replaying the log must leave the lease at an hour, not the first registration's second.
+    assert!(
+        sse.next_within(Duration::from_millis(1800)).await.is_none(),
+        "the instance expired on its old TTL"
+    );
+    assert_eq!(m.post("/v1/instances/p1/heartbeat", json!({})).await.0, 200);
+    m.stop();
+}

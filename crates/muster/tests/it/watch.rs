@@ -54,17 +54,23 @@ async fn snapshot_then_changes_then_resume() {
         "nothing from service db"
     );
 
-    // Resume from the snapshot's index: the same three events, no snapshot.
+    // Resume from the snapshot's index: the event at that index again (several events can
+    // share an index), then the same three, and no snapshot.
     let mut resumed = m.watch(&format!("service=web&index={from}")).await;
-    let kinds: Vec<String> = [
-        resumed.next().await,
-        resumed.next().await,
-        resumed.next().await,
-    ]
-    .into_iter()
-    .map(|f| f.event)
-    .collect();
-    assert_eq!(kinds, ["upsert", "upsert", "delete"]);
+    let mut got = Vec::new();
+    for _ in 0..4 {
+        let f = resumed.next().await;
+        got.push((f.event, f.id.unwrap()));
+    }
+    let kinds: Vec<&str> = got.iter().map(|(e, _)| e.as_str()).collect();
+    assert_eq!(kinds, ["upsert", "upsert", "upsert", "delete"]);
+    assert_eq!(got[0].1, from);
+    assert!(got.windows(2).all(|w| w[0].1 < w[1].1), "ids rise: {got:?}");
+
+    // An index from beyond this registry's history starts over: compacted, then a snapshot.
+    let mut beyond = m.watch("service=web&index=999999").await;
+    assert_eq!(beyond.next().await.event, "compacted");
+    assert_eq!(beyond.next().await.event, "snapshot");
 
     // Last-Event-ID works like index.
     let resp = m

@@ -193,6 +193,19 @@ pub(crate) async fn run(addr: &str, json_out: bool, args: BenchArgs) -> anyhow::
     Ok(())
 }
 
+/// Waits for every client task and gathers their latencies and error counts.
+async fn join(
+    tasks: Vec<tokio::task::JoinHandle<(Vec<u64>, u64)>>,
+) -> anyhow::Result<(Vec<u64>, u64)> {
+    let (mut lat, mut errors) = (Vec::new(), 0);
+    for task in tasks {
+        let (l, e) = task.await?;
+        lat.extend(l);
+        errors += e;
+    }
+    Ok((lat, errors))
+}
+
 async fn register(t: &Arc<Target>, args: &BenchArgs) -> anyhow::Result<Figures> {
     let run = format!("{:x}", std::process::id());
     let next = Arc::new(AtomicU64::new(0));
@@ -224,12 +237,7 @@ async fn register(t: &Arc<Target>, args: &BenchArgs) -> anyhow::Result<Figures> 
             (lat, errors)
         }));
     }
-    let (mut lat, mut errors) = (Vec::new(), 0);
-    for task in tasks {
-        let (l, e) = task.await?;
-        lat.extend(l);
-        errors += e;
-    }
+    let (lat, errors) = join(tasks).await?;
     let elapsed = start.elapsed();
     done.store(true, Ordering::Relaxed);
     Ok(Figures::new("register", lat, errors, elapsed))
@@ -275,12 +283,7 @@ async fn lookup(t: &Arc<Target>, args: &BenchArgs) -> anyhow::Result<Figures> {
             (lat, errors)
         }));
     }
-    let (mut lat, mut errors) = (Vec::new(), 0);
-    for task in tasks {
-        let (l, e) = task.await?;
-        lat.extend(l);
-        errors += e;
-    }
+    let (lat, errors) = join(tasks).await?;
     let elapsed = start.elapsed();
     done.store(true, Ordering::Relaxed);
     Ok(Figures::new("lookup", lat, errors, elapsed))

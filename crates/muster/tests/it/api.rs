@@ -233,15 +233,7 @@ async fn cluster_health_readiness_and_metrics() {
     assert!(c["lastApplied"].as_u64().unwrap() >= 2);
     assert_eq!(m.get("/healthz").await.0, 200);
     assert_eq!(m.get("/readyz").await.0, 200);
-    let text = m
-        .http
-        .get(m.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = m.metrics().await;
     for needle in [
         "muster_instances{service=\"a\",status=\"HEALTHY\"} 1",
         "muster_registrations_total 1",

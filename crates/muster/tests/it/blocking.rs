@@ -29,15 +29,7 @@ async fn a_change_wakes_its_service_and_only_its_service() {
     });
     // Both are parked on their own index before the write.
     for _ in 0..200 {
-        let text = m
-            .http
-            .get(m.url("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let text = m.metrics().await;
         if text.contains("muster_blocking_queries 2") {
             break;
         }

@@ -150,6 +150,18 @@ impl Muster {
         self.call(reqwest::Method::DELETE, path, None).await
     }
 
+    /// The Prometheus text of `/metrics`.
+    pub(crate) async fn metrics(&self) -> String {
+        self.http
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("text")
+    }
+
     /// Registers `id` in `service` as HEALTHY (no check); returns the write's index.
     pub(crate) async fn register(&self, service: &str, id: &str, extra: Value) -> u64 {
         let mut body = json!({"service": service, "instanceId": id, "host": "10.0.0.1", "port": 8080, "status": "HEALTHY"});

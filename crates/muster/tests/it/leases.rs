@@ -59,15 +59,7 @@ async fn silent_instances_expire_and_heartbeating_ones_stay() {
         200
     );
 
-    let text = m
-        .http
-        .get(m.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = m.metrics().await;
     assert!(text.contains("muster_expirations_total 2"), "{text}");
 }
 

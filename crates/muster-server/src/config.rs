@@ -35,8 +35,17 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// Address the HTTP API listens on.
     pub http_addr: SocketAddr,
-    /// Address other nodes and clients are told to use (default: `http://<http_addr>`).
+    /// Address other nodes and clients are told to use (default: this node's entry in
+    /// `peers`, else `http://<http_addr>`).
     pub advertise_addr: Option<String>,
+    /// The voters of a new cluster, this node included, as `id=url` (e.g.
+    /// `1=http://10.0.0.1:7070`). Used once, to initialize an empty data directory; empty means
+    /// a one-node cluster.
+    pub peers: Vec<String>,
+    /// Join an existing cluster through this member's URL instead of initializing one.
+    pub join: Option<String>,
+    /// Longest a write may take to commit before it is answered `503 indeterminate`.
+    pub write_timeout: String,
     /// Most instances in the registry.
     pub max_instances: u32,
     /// Most instances in one service.
@@ -68,6 +77,9 @@ impl Default for Config {
             data_dir: PathBuf::from("muster-data"),
             http_addr: SocketAddr::from(([127, 0, 0, 1], 7070)),
             advertise_addr: None,
+            peers: Vec::new(),
+            join: None,
+            write_timeout: "5s".into(),
             max_instances: 200_000,
             max_instances_per_service: 10_000,
             max_body_bytes: 256 * 1024,
@@ -77,7 +89,7 @@ impl Default for Config {
             raft_heartbeat_interval: "50ms".into(),
             raft_election_timeout_min: "150ms".into(),
             raft_election_timeout_max: "300ms".into(),
-            log: "info,openraft=warn".into(),
+            log: "info,openraft=error".into(),
             log_format: "text".into(),
         }
     }
@@ -88,6 +100,10 @@ impl Default for Config {
 pub struct ValidConfig {
     /// The values as given.
     pub config: Config,
+    /// Parsed `peers`.
+    pub peers: std::collections::BTreeMap<u64, String>,
+    /// Parsed `write_timeout`.
+    pub write_timeout: Duration,
     /// Parsed `raft_heartbeat_interval`.
     pub heartbeat_interval: Duration,
     /// Parsed `raft_election_timeout_min`.
@@ -178,8 +194,54 @@ impl Config {
                 format!("must be an http(s) URL, got {a:?}"),
             ));
         }
+        let is_url = |a: &str| a.starts_with("http://") || a.starts_with("https://");
+        let mut peers = std::collections::BTreeMap::new();
+        for p in &self.peers {
+            let parsed = p
+                .split_once('=')
+                .and_then(|(id, url)| Some((id.trim().parse::<u64>().ok()?, url.trim())));
+            match parsed {
+                Some((id, url)) if id > 0 && is_url(url) => {
+                    if peers
+                        .insert(id, url.trim_end_matches('/').to_string())
+                        .is_some()
+                    {
+                        return Err(err("peers", format!("node {id} is listed twice")));
+                    }
+                }
+                _ => {
+                    return Err(err(
+                        "peers",
+                        format!("each peer must be id=http://host:port, got {p:?}"),
+                    ));
+                }
+            }
+        }
+        if !peers.is_empty() && !peers.contains_key(&self.node_id) {
+            return Err(err(
+                "peers",
+                format!("peers must include this node ({})", self.node_id),
+            ));
+        }
+        if !peers.is_empty() && self.join.is_some() {
+            return Err(err(
+                "join",
+                "give either peers (to form a cluster) or join (to enter one), not both",
+            ));
+        }
+        if let Some(j) = &self.join
+            && !is_url(j)
+        {
+            return Err(err("join", format!("must be an http(s) URL, got {j:?}")));
+        }
+        let write_timeout = duration("write_timeout", &self.write_timeout)?;
+        if !(Duration::from_millis(100)..=Duration::from_secs(60)).contains(&write_timeout) {
+            return Err(err("write_timeout", "must be between 100ms and 60s"));
+        }
         Ok(ValidConfig {
             config: self,
+            peers,
+            write_timeout,
             heartbeat_interval,
             election_timeout_min,
             election_timeout_max,
@@ -221,6 +283,12 @@ mod tests {
                 "raft_heartbeat_interval = \"soon\"",
                 "raft_heartbeat_interval",
             ),
+            ("peers = [\"1=http://a:1\", \"x\"]", "peers"),
+            ("peers = [\"2=http://a:1\"]", "peers"),
+            ("peers = [\"1=http://a:1\", \"1=http://b:1\"]", "peers"),
+            ("join = \"a:1\"", "join"),
+            ("peers = [\"1=http://a:1\"]\njoin = \"http://b:1\"", "join"),
+            ("write_timeout = \"1h\"", "write_timeout"),
         ];
         for (text, key) in cases {
             let e = toml::from_str::<Config>(text)

@@ -5,6 +5,7 @@
 
 mod error;
 mod extract;
+mod internal;
 mod watch;
 
 use std::sync::Arc;
@@ -50,6 +51,8 @@ pub struct AppState {
     pub store: Store,
     /// Capacity limits put into each registration.
     pub limits: Limits,
+    /// Sends heartbeats that reach a follower on to the leader.
+    pub forwarder: crate::forward::HeartbeatForwarder,
 }
 
 type AppRef = State<Arc<AppState>>;
@@ -70,9 +73,15 @@ pub fn router(state: Arc<AppState>, max_body_bytes: usize) -> Router {
         .route("/v1/services/{service}", get(service_instances))
         .route("/v1/watch", get(watch::watch))
         .route("/v1/cluster", get(cluster))
+        .route("/v1/cluster/members", post(add_member))
+        .route(
+            "/v1/cluster/members/{id}",
+            axum::routing::delete(remove_member),
+        )
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .merge(internal::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(state.clone(), observe))
@@ -161,7 +170,7 @@ fn consistency_headers(app: &AppState, headers: &mut HeaderMap, index: u64) {
         "x-muster-known-leader",
         status.leader_id.is_some().to_string(),
     );
-    if let Some(ms) = status.last_contact_ms {
+    if let Some(ms) = app.raft.last_contact_ms() {
         set(headers, "x-muster-last-contact", ms.to_string());
     }
 }
@@ -277,15 +286,28 @@ async fn deregister(State(app): AppRef, id: Result<Path<String>, PathRejection>)
     }
 }
 
-/// Renews one lease, proposing a readiness change if the instance reports one.
-async fn renew_one(app: &AppState, id: &str, ready: Option<bool>) -> Result<SystemTime, ApiError> {
-    if !app.raft.is_leader() {
-        return Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "no_leader",
-            "this node is not the leader; leases are renewed on the leader",
-        ));
+/// Renews one lease: here when this node leads, else through the leader (batched).
+async fn renew_one(app: &AppState, id: &str, ready: Option<bool>) -> Result<String, ApiError> {
+    if app.raft.is_leader() {
+        return renew_local(app, id, ready).await;
     }
+    let item = crate::forward::ForwardedHeartbeat {
+        instance_id: id.to_string(),
+        ready,
+    };
+    match app.forwarder.renew(item).await? {
+        Ok(expires) => Ok(expires),
+        Err(detail) => Err(ApiError::from_detail(detail)),
+    }
+}
+
+/// Renews one lease on the leader, proposing a readiness change if the instance reports one.
+/// Returns when the lease now runs out (RFC 3339).
+pub(super) async fn renew_local(
+    app: &AppState,
+    id: &str,
+    ready: Option<bool>,
+) -> Result<String, ApiError> {
     let renewed = app.leases.renew(id);
     let result = match renewed {
         Ok(_) => "ok",
@@ -324,7 +346,7 @@ async fn renew_one(app: &AppState, id: &str, ready: Option<bool>) -> Result<Syst
             app.raft.propose(cmd).await?.outcome?;
         }
     }
-    Ok(expires)
+    Ok(rfc3339(expires))
 }
 
 async fn heartbeat(
@@ -338,7 +360,7 @@ async fn heartbeat(
     Ok(json_response(
         StatusCode::OK,
         &HeartbeatResponse {
-            lease_expires_at: rfc3339(expires),
+            lease_expires_at: expires,
         },
     ))
 }
@@ -373,7 +395,7 @@ async fn batch_heartbeat(State(app): AppRef, body: Result<Bytes, BytesRejection>
             Ok(t) => HeartbeatResult {
                 instance_id: id,
                 ok: true,
-                lease_expires_at: Some(rfc3339(t)),
+                lease_expires_at: Some(t),
                 error: None,
             },
             // Not the leader (or no Raft): the whole batch fails the same way.
@@ -637,6 +659,66 @@ fn hub_full(e: crate::hub::HubFull) -> ApiError {
         "too_many_watches",
         e.to_string(),
     )
+}
+
+/// `POST /v1/cluster/members` body.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AddMember {
+    id: Option<u64>,
+    addr: Option<String>,
+    voter: Option<bool>,
+}
+
+async fn add_member(State(app): AppRef, body: Result<Bytes, BytesRejection>) -> ApiResult {
+    let req: AddMember = extract::json(body, false)?;
+    let missing = |f: &str| {
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "missing_field",
+            format!("{f} is required"),
+        )
+        .field(f)
+    };
+    let id = req.id.ok_or_else(|| missing("id"))?;
+    let addr = req.addr.ok_or_else(|| missing("addr"))?;
+    if id == 0 {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_field",
+            "id must be at least 1",
+        )
+        .field("id"));
+    }
+    if !(addr.starts_with("http://") || addr.starts_with("https://")) || addr.len() > 512 {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_field",
+            format!("addr must be an http(s) URL of at most 512 bytes, got {addr:?}"),
+        )
+        .field("addr"));
+    }
+    let change = crate::raft::MemberChange::Add {
+        id,
+        addr,
+        voter: req.voter.unwrap_or(true),
+    };
+    Ok(json_response(
+        StatusCode::OK,
+        &app.raft.change_members(change).await?,
+    ))
+}
+
+async fn remove_member(State(app): AppRef, id: Result<Path<String>, PathRejection>) -> ApiResult {
+    let Path(id) = id.map_err(|e| ApiError::bad_param("id", e.body_text()))?;
+    let id: u64 = id.parse().map_err(|_| {
+        ApiError::bad_param("id", format!("a node id is a positive integer, got {id:?}"))
+    })?;
+    let change = crate::raft::MemberChange::Remove { id };
+    Ok(json_response(
+        StatusCode::OK,
+        &app.raft.change_members(change).await?,
+    ))
 }
 
 async fn cluster(State(app): AppRef) -> ApiResult {

@@ -4,6 +4,7 @@
 //! sweeper and serves HTTP; [`Server::shutdown`] stops them in reverse order.
 
 pub mod config;
+pub mod forward;
 pub mod http;
 pub mod hub;
 pub mod leases;
@@ -74,6 +75,45 @@ impl ApplyObserver for Applier {
     }
 }
 
+/// Asks the cluster at `via` to add this node (as a voter, after catching up) until it is a
+/// member or the server stops.
+async fn join_cluster(
+    raft: Arc<RaftNode>,
+    via: String,
+    addr: String,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let id = raft.node_id();
+    let http = reqwest::Client::new();
+    let url = format!("{}/v1/cluster/members", via.trim_end_matches('/'));
+    let body = serde_json::json!({"id": id, "addr": addr, "voter": true}).to_string();
+    let mut backoff = std::time::Duration::from_millis(200);
+    loop {
+        if raft.status().members.iter().any(|m| m.id == id && m.voter) {
+            tracing::info!(id, "this node is a voting member");
+            return;
+        }
+        let sent = http
+            .post(&url)
+            .header("content-type", "application/json")
+            .body(body.clone())
+            .send()
+            .await;
+        match sent {
+            Ok(r) if r.status().is_success() => continue,
+            Ok(r) => tracing::warn!(status = %r.status(), %url, "join refused; retrying"),
+            Err(e) => {
+                tracing::warn!(error = %e, %url, "cannot reach the cluster to join; retrying")
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = shutdown.changed() => return,
+        }
+        backoff = (backoff * 2).min(std::time::Duration::from_secs(5));
+    }
+}
+
 /// A running server.
 pub struct Server {
     addr: SocketAddr,
@@ -105,12 +145,16 @@ impl Server {
             advertise_addr: cfg
                 .advertise_addr
                 .clone()
+                .or_else(|| config.peers.get(&cfg.node_id).cloned())
                 .unwrap_or_else(|| format!("http://{addr}")),
             heartbeat_interval: config.heartbeat_interval,
             election_timeout_min: config.election_timeout_min,
             election_timeout_max: config.election_timeout_max,
             snapshot_every: cfg.snapshot_every,
             keep_behind_snapshot: cfg.keep_behind_snapshot,
+            peers: config.peers.clone(),
+            joining: cfg.join.is_some(),
+            write_timeout: config.write_timeout,
         };
         let raft = Arc::new(RaftNode::start(&settings, store.clone(), applier).await?);
         let (shutdown, shutdown_rx) = watch::channel(false);
@@ -123,6 +167,7 @@ impl Server {
             max_instances_per_service: cfg.max_instances_per_service,
             max_instances: cfg.max_instances,
         };
+        let forwarder = forward::HeartbeatForwarder::start(raft.clone());
         let state = Arc::new(http::AppState {
             raft: raft.clone(),
             hub,
@@ -130,7 +175,16 @@ impl Server {
             metrics,
             store,
             limits,
+            forwarder,
         });
+        if let Some(join) = cfg.join.clone() {
+            tokio::spawn(join_cluster(
+                raft.clone(),
+                join,
+                settings.advertise_addr.clone(),
+                shutdown_rx.clone(),
+            ));
+        }
         let app = http::router(state, cfg.max_body_bytes);
         let mut stop = shutdown_rx;
         let http = tokio::spawn(async move {
@@ -149,6 +203,11 @@ impl Server {
                 tracing::error!(error = %e, "HTTP server failed");
             }
         });
+        if config.peers.len() <= 1 && cfg.join.is_none() {
+            // Alone, this node leads at once: answer nothing before it does.
+            raft.wait_recovered(std::time::Duration::from_secs(60))
+                .await?;
+        }
         tracing::info!(%addr, data_dir = %cfg.data_dir.display(), node_id = cfg.node_id, "muster server ready");
         Ok(Server {
             addr,

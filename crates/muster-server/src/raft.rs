@@ -17,10 +17,12 @@ mod state_machine;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use muster_core::{Applied, ApplyError, Command, Event, Instance, Registry};
 use muster_store::Store;
+use openraft::alias::{SnapshotMetaOf, SnapshotOf, VoteOf};
 use openraft::async_runtime::WatchReceiver;
 use openraft::errors::{ClientWriteError, RaftError};
 use openraft::{BasicNode, Config, Raft, ServerState, SnapshotPolicy};
@@ -69,13 +71,18 @@ pub trait ApplyObserver: Send + Sync + 'static {
     fn restored(&self, registry: &Registry);
 }
 
-/// Raft timing and log-retention settings.
+/// Raft timing, membership and log-retention settings.
 #[derive(Clone, Debug)]
 pub struct RaftSettings {
     /// This node's id.
     pub node_id: u64,
-    /// Address peers reach this node at (for the membership record).
+    /// Address peers and clients reach this node at (for the membership record).
     pub advertise_addr: String,
+    /// Every voter of a new cluster, this node included: `id → address`. Empty: a one-node
+    /// cluster of this node alone.
+    pub peers: BTreeMap<u64, String>,
+    /// Start without initializing: this node waits to be added to an existing cluster.
+    pub joining: bool,
     /// Leader heartbeat interval.
     pub heartbeat_interval: Duration,
     /// Lower bound of the election timeout.
@@ -86,36 +93,66 @@ pub struct RaftSettings {
     pub snapshot_every: u64,
     /// Entries kept behind a snapshot before purging (generous: see openraft issue #2116).
     pub keep_behind_snapshot: u64,
+    /// Longest a write may take to commit before it is answered as timed out.
+    pub write_timeout: Duration,
 }
 
-/// Why a proposal did not commit.
-#[derive(Debug, thiserror::Error)]
+/// Why a proposal (or a consistent read) did not go through.
+#[derive(Clone, Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ProposeError {
-    /// This node is not the leader.
-    #[error("this node is not the leader{}", leader_hint(.leader))]
-    NotLeader {
-        /// The leader, if known: `(id, address)`.
-        leader: Option<(u64, String)>,
-    },
-    /// The entry was appended but may have been overwritten by a new leader: its outcome is
-    /// unknown.
-    #[error("leadership changed while the write was in flight; its outcome is unknown")]
-    Indeterminate,
-    /// Raft has stopped (storage failure or shutdown).
+    /// No leader is known (an election is under way, or this node is cut off).
+    #[error("no leader is known: an election is under way or this node cannot reach a quorum")]
+    NoLeader,
+    /// The entry was appended but may have been overwritten, or did not commit in time: its
+    /// outcome is unknown.
+    #[error("the write's outcome is unknown: {0}")]
+    Indeterminate(String),
+    /// Raft has stopped (storage failure or shutdown), or the leader could not be reached.
     #[error("consensus is unavailable: {0}")]
     Unavailable(String),
+    /// The request was refused (e.g. a membership change that is not allowed).
+    #[error("{0}")]
+    Refused(String),
 }
 
-fn leader_hint(leader: &Option<(u64, String)>) -> String {
-    match leader {
-        Some((id, addr)) => format!("; the leader is node {id} at {addr}"),
-        None => "; no leader is known".into(),
+/// A `ProposeError` on the wire between nodes.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct WireError {
+    /// `no_leader`, `indeterminate`, `unavailable` or `refused`.
+    pub code: String,
+    /// Detail.
+    pub message: String,
+}
+
+impl From<&ProposeError> for WireError {
+    fn from(e: &ProposeError) -> Self {
+        let code = match e {
+            ProposeError::NoLeader => "no_leader",
+            ProposeError::Indeterminate(_) => "indeterminate",
+            ProposeError::Refused(_) => "refused",
+            _ => "unavailable",
+        };
+        WireError {
+            code: code.into(),
+            message: e.to_string(),
+        }
+    }
+}
+
+impl From<WireError> for ProposeError {
+    fn from(e: WireError) -> Self {
+        match e.code.as_str() {
+            "no_leader" => ProposeError::NoLeader,
+            "indeterminate" => ProposeError::Indeterminate(e.message),
+            "refused" => ProposeError::Refused(e.message),
+            _ => ProposeError::Unavailable(e.message),
+        }
     }
 }
 
 /// A committed proposal: its log index and outcome.
-#[derive(Debug)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct Proposed {
     /// Raft log index (the registry index after it applied).
     pub index: u64,
@@ -123,8 +160,28 @@ pub struct Proposed {
     pub outcome: Result<Applied, ApplyError>,
 }
 
+/// A membership change.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", tag = "op")]
+pub enum MemberChange {
+    /// Add a node: as a learner, caught up, then (if `voter`) promoted.
+    Add {
+        /// Node id.
+        id: u64,
+        /// Its advertised address.
+        addr: String,
+        /// Promote to voter once caught up.
+        voter: bool,
+    },
+    /// Remove a node (voter or learner).
+    Remove {
+        /// Node id.
+        id: u64,
+    },
+}
+
 /// The Raft role and progress of this node, for `/v1/cluster`, headers and metrics.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ClusterStatus {
     /// This node's id.
@@ -145,14 +202,15 @@ pub struct ClusterStatus {
     pub snapshot_index: Option<u64>,
     /// Index through which the log was purged.
     pub purged_index: Option<u64>,
-    /// Milliseconds since this node last heard from the leader (0 on the leader; unknown = null).
+    /// Milliseconds since this node last heard from the leader (0 on the leader; null when it
+    /// never has).
     pub last_contact_ms: Option<u64>,
-    /// Voting members and learners: `(id, address, voter)`.
+    /// Voting members and learners.
     pub members: Vec<Member>,
 }
 
 /// One cluster member.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Member {
     /// Node id.
@@ -171,11 +229,24 @@ pub struct RaftNode {
     /// The latest status, refreshed on every metrics change, for hot paths.
     cached: Arc<arc_swap::ArcSwap<ClusterStatus>>,
     refresher: tokio::task::JoinHandle<()>,
+    /// Monotonic milliseconds (since `epoch`) of the last append received from a leader.
+    last_contact: AtomicU64,
+    epoch: tokio::time::Instant,
+    /// Client for forwarding to the leader.
+    http: reqwest::Client,
+    write_timeout: Duration,
 }
+
+/// Path of the forwarding endpoints (`/internal/propose`, `/internal/read-index`,
+/// `/internal/members`).
+pub const INTERNAL_PREFIX: &str = "/internal";
 
 impl RaftNode {
     /// Opens the log and snapshot from `store`, starts Raft and, on a fresh data directory,
-    /// initializes a one-member cluster. Returns once the applied state is recovered.
+    /// initializes the cluster (this node alone, or every node of `peers`) unless it is joining
+    /// one. The local log is re-applied before it returns; catching up with the cluster needs
+    /// peers to reach this node, so it happens once its HTTP server runs
+    /// ([`RaftNode::wait_recovered`]).
     pub async fn start(
         settings: &RaftSettings,
         store: Store,
@@ -199,7 +270,7 @@ impl RaftNode {
         let raft = Raft::new(
             settings.node_id,
             Arc::new(config),
-            network::Network,
+            network::Network::new()?,
             log,
             sm.clone(),
         )
@@ -209,20 +280,26 @@ impl RaftNode {
             .is_initialized()
             .await
             .map_err(|e| format!("raft failed: {e}"))?;
-        if !initialized {
-            let members =
-                BTreeMap::from([(settings.node_id, BasicNode::new(&settings.advertise_addr))]);
+        if !initialized && !settings.joining {
+            let members: BTreeMap<u64, BasicNode> = if settings.peers.is_empty() {
+                BTreeMap::from([(settings.node_id, BasicNode::new(&settings.advertise_addr))])
+            } else {
+                settings
+                    .peers
+                    .iter()
+                    .map(|(id, addr)| (*id, BasicNode::new(addr)))
+                    .collect()
+            };
+            let n = members.len();
             raft.initialize(members)
                 .await
                 .map_err(|e| format!("cannot initialize the cluster: {e}"))?;
             tracing::info!(
                 node_id = settings.node_id,
-                "initialized a new one-node cluster"
+                voters = n,
+                "initialized a new cluster"
             );
         }
-        raft.wait_for_recovery(Some(Duration::from_secs(60)))
-            .await
-            .map_err(|e| format!("raft did not recover its applied state: {e}"))?;
         let node_id = settings.node_id;
         let cached = Arc::new(arc_swap::ArcSwap::from_pointee(status_of(
             node_id,
@@ -237,18 +314,54 @@ impl RaftNode {
                 }
             })
         };
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(1))
+            .tcp_nodelay(true)
+            .build()
+            .map_err(|e| format!("cannot build the forwarding client: {e}"))?;
         Ok(RaftNode {
             raft,
             sm,
             node_id,
             cached,
             refresher,
+            last_contact: AtomicU64::new(u64::MAX),
+            epoch: tokio::time::Instant::now(),
+            http,
+            write_timeout: settings.write_timeout,
         })
     }
 
-    /// Proposes a command and waits until it is committed and applied.
+    /// Waits until this node has applied what the cluster committed before it started (a new
+    /// leader's first entry included), at most `timeout`.
+    pub async fn wait_recovered(&self, timeout: Duration) -> Result<(), String> {
+        self.raft
+            .wait_for_recovery(Some(timeout))
+            .await
+            .map(|_| ())
+            .map_err(|e| format!("raft did not recover its applied state: {e}"))
+    }
+
+    /// This node's id.
+    pub fn node_id(&self) -> u64 {
+        self.node_id
+    }
+
+    /// Proposes a command and waits until it is committed and applied, forwarding it to the
+    /// leader when this node does not lead.
     pub async fn propose(&self, cmd: Command) -> Result<Proposed, ProposeError> {
-        match self.raft.client_write(Request(cmd)).await {
+        let written = tokio::time::timeout(
+            self.write_timeout,
+            self.raft.client_write(Request(cmd.clone())),
+        )
+        .await;
+        let written = written.map_err(|_| {
+            ProposeError::Indeterminate(format!(
+                "the write did not commit within {:?}",
+                self.write_timeout
+            ))
+        })?;
+        match written {
             Ok(resp) => match resp.data.0 {
                 Some(outcome) => Ok(Proposed {
                     index: resp.log_id.index,
@@ -258,36 +371,214 @@ impl RaftNode {
                     "a command applied without an outcome".into(),
                 )),
             },
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
-                Err(ProposeError::NotLeader {
-                    leader: f.leader_id.zip(f.leader_node.map(|n| n.addr)),
-                })
-            }
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => match f.leader_node {
+                Some(leader) if f.leader_id != Some(self.node_id) => {
+                    self.forward(&leader.addr, "propose", &Request(cmd)).await
+                }
+                _ => Err(ProposeError::NoLeader),
+            },
             Err(RaftError::APIError(ClientWriteError::LogEntryDiscarded(_))) => {
-                Err(ProposeError::Indeterminate)
+                Err(ProposeError::Indeterminate(
+                    "leadership changed while the write was in flight".into(),
+                ))
             }
             Err(RaftError::APIError(e)) => Err(ProposeError::Unavailable(e.to_string())),
             Err(RaftError::Fatal(e)) => Err(ProposeError::Unavailable(e.to_string())),
         }
     }
 
+    /// Proposes on this node only (the receiving end of a forwarded proposal: never forwards
+    /// again).
+    pub async fn propose_here(&self, cmd: Command) -> Result<Proposed, ProposeError> {
+        if !self.is_leader() {
+            return Err(ProposeError::NoLeader);
+        }
+        self.propose(cmd).await
+    }
+
+    /// POSTs `body` to `<leader>/internal/<what>` and decodes `Result<T, WireError>`.
+    pub async fn forward<B: Serialize, T: serde::de::DeserializeOwned>(
+        &self,
+        leader: &str,
+        what: &str,
+        body: &B,
+    ) -> Result<T, ProposeError> {
+        let url = format!("{}{INTERNAL_PREFIX}/{what}", leader.trim_end_matches('/'));
+        let body =
+            serde_json::to_vec(body).map_err(|e| ProposeError::Unavailable(e.to_string()))?;
+        let resp = self
+            .http
+            .post(&url)
+            .header("content-type", "application/json")
+            .body(body)
+            .timeout(self.write_timeout + Duration::from_secs(1))
+            .send()
+            .await
+            .map_err(|e| {
+                if e.is_timeout() {
+                    ProposeError::Indeterminate(format!(
+                        "the leader at {leader} did not answer in time"
+                    ))
+                } else {
+                    ProposeError::Unavailable(format!("cannot reach the leader at {leader}: {e}"))
+                }
+            })?;
+        let bytes = resp
+            .bytes()
+            .await
+            .map_err(|e| ProposeError::Unavailable(e.to_string()))?;
+        match serde_json::from_slice::<Result<T, WireError>>(&bytes) {
+            Ok(r) => r.map_err(ProposeError::from),
+            Err(e) => Err(ProposeError::Unavailable(format!(
+                "the leader at {leader} answered unreadably: {e}"
+            ))),
+        }
+    }
+
     /// Waits until this node has applied everything committed before the call, confirmed by a
-    /// quorum (a read-index round): a read after it is linearizable.
+    /// quorum (a read-index round, asked of the leader when this node does not lead): a read
+    /// after it is linearizable. Returns the read index.
     pub async fn linearize(&self) -> Result<u64, ProposeError> {
-        match self
+        let index = match self
             .raft
             .ensure_linearizable(openraft::ReadPolicy::ReadIndex)
             .await
         {
-            Ok(read) => Ok(read.index()),
+            Ok(read) => return Ok(read.index()),
             Err(RaftError::APIError(openraft::errors::LinearizableReadError::ForwardToLeader(
                 f,
-            ))) => Err(ProposeError::NotLeader {
-                leader: f.leader_id.zip(f.leader_node.map(|n| n.addr)),
-            }),
-            Err(RaftError::APIError(e)) => Err(ProposeError::Unavailable(e.to_string())),
-            Err(RaftError::Fatal(e)) => Err(ProposeError::Unavailable(e.to_string())),
+            ))) => match f.leader_node {
+                Some(leader) if f.leader_id != Some(self.node_id) => {
+                    self.forward::<_, u64>(&leader.addr, "read-index", &())
+                        .await?
+                }
+                _ => return Err(ProposeError::NoLeader),
+            },
+            Err(RaftError::APIError(e)) => return Err(ProposeError::Unavailable(e.to_string())),
+            Err(RaftError::Fatal(e)) => return Err(ProposeError::Unavailable(e.to_string())),
+        };
+        self.raft
+            .wait(Some(self.write_timeout))
+            .applied_index_at_least(Some(index), "consistent read")
+            .await
+            .map_err(|e| {
+                ProposeError::Unavailable(format!(
+                    "did not catch up to the read index {index}: {e}"
+                ))
+            })?;
+        Ok(index)
+    }
+
+    /// The receiving end of a forwarded read-index request.
+    pub async fn read_index_here(&self) -> Result<u64, ProposeError> {
+        if !self.is_leader() {
+            return Err(ProposeError::NoLeader);
         }
+        self.linearize().await
+    }
+
+    /// Adds or removes a member, forwarding to the leader when this node does not lead.
+    pub async fn change_members(
+        &self,
+        change: MemberChange,
+    ) -> Result<ClusterStatus, ProposeError> {
+        if !self.is_leader() {
+            let leader = self
+                .cached_status()
+                .leader_addr
+                .clone()
+                .ok_or(ProposeError::NoLeader)?;
+            return self.forward(&leader, "members", &change).await;
+        }
+        self.change_members_here(change).await
+    }
+
+    /// Applies a membership change on this node, which must lead.
+    pub async fn change_members_here(
+        &self,
+        change: MemberChange,
+    ) -> Result<ClusterStatus, ProposeError> {
+        if !self.is_leader() {
+            return Err(ProposeError::NoLeader);
+        }
+        let refused = |e: RaftError<TypeConfig, ClientWriteError<TypeConfig>>| match e {
+            RaftError::APIError(ClientWriteError::ForwardToLeader(_)) => ProposeError::NoLeader,
+            RaftError::APIError(e) => ProposeError::Refused(e.to_string()),
+            RaftError::Fatal(e) => ProposeError::Unavailable(e.to_string()),
+        };
+        match change {
+            MemberChange::Add { id, addr, voter } => {
+                // Blocks until the learner has caught up (by snapshot when it is far behind).
+                self.raft
+                    .add_learner(id, BasicNode::new(&addr), true)
+                    .await
+                    .map_err(refused)?;
+                if voter {
+                    let ids = std::collections::BTreeSet::from([id]);
+                    self.raft
+                        .change_membership(openraft::ChangeMembers::AddVoterIds(ids), false)
+                        .await
+                        .map_err(refused)?;
+                }
+                tracing::info!(id, %addr, voter, "member added");
+            }
+            MemberChange::Remove { id } => {
+                let status = self.status();
+                let member = status.members.iter().find(|m| m.id == id);
+                let Some(member) = member else {
+                    return Err(ProposeError::Refused(format!("node {id} is not a member")));
+                };
+                let ids = std::collections::BTreeSet::from([id]);
+                let change = if member.voter {
+                    openraft::ChangeMembers::RemoveVoters(ids)
+                } else {
+                    openraft::ChangeMembers::RemoveNodes(ids)
+                };
+                self.raft
+                    .change_membership(change, false)
+                    .await
+                    .map_err(refused)?;
+                tracing::info!(id, "member removed");
+            }
+        }
+        Ok(self.status())
+    }
+
+    /// Answers one Raft RPC from a peer: `what` is `append`, `vote` or `snapshot`; the answer is
+    /// the JSON of `Result<response, String>`.
+    pub async fn handle_rpc(&self, what: &str, body: &[u8]) -> Result<Vec<u8>, String> {
+        fn answer<T: Serialize, E: fmt::Display>(r: Result<T, E>) -> Result<Vec<u8>, String> {
+            serde_json::to_vec(&r.map_err(|e| e.to_string())).map_err(|e| e.to_string())
+        }
+        match what {
+            "append" => {
+                let rpc: openraft::raft::AppendEntriesRequest<TypeConfig> =
+                    serde_json::from_slice(body).map_err(|e| format!("bad append request: {e}"))?;
+                let r = self.raft.append_entries(rpc).await;
+                if r.is_ok() {
+                    self.last_contact.store(self.mono_ms(), Ordering::Release);
+                }
+                answer(r)
+            }
+            "vote" => {
+                let rpc: openraft::raft::VoteRequest<TypeConfig> =
+                    serde_json::from_slice(body).map_err(|e| format!("bad vote request: {e}"))?;
+                answer(self.raft.vote(rpc).await)
+            }
+            "snapshot" => {
+                let (vote, snapshot) = decode_snapshot_rpc(body)?;
+                let r = self.raft.install_full_snapshot(vote, snapshot).await;
+                if r.is_ok() {
+                    self.last_contact.store(self.mono_ms(), Ordering::Release);
+                }
+                answer(r)
+            }
+            other => Err(format!("unknown raft rpc {other:?}")),
+        }
+    }
+
+    fn mono_ms(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
     /// Runs `f` against the applied registry. Never call it across an `.await`.
@@ -319,6 +610,15 @@ impl RaftNode {
         rx
     }
 
+    /// Milliseconds since this node last heard from a leader: 0 on the leader, `None` if never.
+    pub fn last_contact_ms(&self) -> Option<u64> {
+        if self.is_leader() {
+            return Some(0);
+        }
+        let at = self.last_contact.load(Ordering::Acquire);
+        (at != u64::MAX).then(|| self.mono_ms().saturating_sub(at))
+    }
+
     /// Role, leader, term, progress and members, as of the last metrics change (cheap).
     pub fn cached_status(&self) -> Arc<ClusterStatus> {
         self.cached.load_full()
@@ -326,7 +626,9 @@ impl RaftNode {
 
     /// Role, leader, term, progress and members, now.
     pub fn status(&self) -> ClusterStatus {
-        status_of(self.node_id, &self.raft.metrics().borrow_watched())
+        let mut status = status_of(self.node_id, &self.raft.metrics().borrow_watched());
+        status.last_contact_ms = self.last_contact_ms();
+        status
     }
 
     /// Forces a snapshot now (and the purge that follows it).
@@ -347,6 +649,29 @@ impl RaftNode {
     }
 }
 
+/// A snapshot as it travels between nodes.
+type WireSnapshot = (VoteOf<TypeConfig>, SnapshotOf<TypeConfig, Vec<u8>>);
+
+fn decode_snapshot_rpc(body: &[u8]) -> Result<WireSnapshot, String> {
+    let bad = || "truncated snapshot request".to_string();
+    let len_bytes: [u8; 4] = body
+        .get(..4)
+        .ok_or_else(bad)?
+        .try_into()
+        .map_err(|_| bad())?;
+    let len = u32::from_le_bytes(len_bytes) as usize;
+    let header = body.get(4..4 + len).ok_or_else(bad)?;
+    let (vote, meta): (VoteOf<TypeConfig>, SnapshotMetaOf<TypeConfig>) =
+        serde_json::from_slice(header).map_err(|e| format!("bad snapshot header: {e}"))?;
+    Ok((
+        vote,
+        SnapshotOf::<TypeConfig, Vec<u8>> {
+            meta,
+            snapshot: body[4 + len..].to_vec(),
+        },
+    ))
+}
+
 fn status_of(node_id: u64, m: &openraft::RaftMetrics<TypeConfig>) -> ClusterStatus {
     let voters: std::collections::BTreeSet<u64> = m.membership_config.voter_ids().collect();
     let members: Vec<Member> = m
@@ -364,9 +689,6 @@ fn status_of(node_id: u64, m: &openraft::RaftMetrics<TypeConfig>) -> ClusterStat
             .find(|mem| mem.id == l)
             .map(|mem| mem.addr.clone())
     });
-    // Like Consul's X-Consul-LastContact: 0 on the leader itself. Followers learn theirs
-    // with multi-node clustering; until then it is unknown there.
-    let last_contact_ms = (m.state == ServerState::Leader).then_some(0);
     ClusterStatus {
         node_id,
         role: format!("{:?}", m.state),
@@ -377,7 +699,7 @@ fn status_of(node_id: u64, m: &openraft::RaftMetrics<TypeConfig>) -> ClusterStat
         last_applied: m.last_applied.map_or(0, |l| l.index),
         snapshot_index: m.snapshot.map(|l| l.index),
         purged_index: m.purged.map(|l| l.index),
-        last_contact_ms,
+        last_contact_ms: (m.state == ServerState::Leader).then_some(0),
         members,
     }
 }

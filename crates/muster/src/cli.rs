@@ -65,6 +65,9 @@ pub(crate) enum Command {
         /// Instance id.
         id: String,
     },
+    /// Show or change the cluster's membership.
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
     /// Load-generate against a running server and print throughput and latency.
     Bench(crate::bench::BenchArgs),
     /// Follow changes to services (Server-Sent Events) until interrupted.
@@ -170,6 +173,15 @@ pub(crate) struct ServerArgs {
     /// Address advertised to peers and clients.
     #[arg(long, env = "MUSTER_ADVERTISE_ADDR")]
     pub(crate) advertise_addr: Option<String>,
+    /// Voters of a new cluster, this node included: id=url,id=url,...
+    #[arg(long, env = "MUSTER_PEERS", value_delimiter = ',')]
+    pub(crate) peers: Option<Vec<String>>,
+    /// Join an existing cluster through this member's URL.
+    #[arg(long, env = "MUSTER_JOIN")]
+    pub(crate) join: Option<String>,
+    /// Longest a write may take to commit, e.g. 5s.
+    #[arg(long, env = "MUSTER_WRITE_TIMEOUT")]
+    pub(crate) write_timeout: Option<String>,
     /// Most instances in the registry.
     #[arg(long, env = "MUSTER_MAX_INSTANCES")]
     pub(crate) max_instances: Option<u32>,
@@ -203,4 +215,27 @@ pub(crate) struct ServerArgs {
     /// text or json.
     #[arg(long, env = "MUSTER_LOG_FORMAT")]
     pub(crate) log_format: Option<String>,
+}
+
+#[derive(Subcommand, Debug)]
+pub(crate) enum ClusterCommand {
+    /// Role, leader, term, progress and members of the node at --addr.
+    Status,
+    /// Add a node: it joins as a learner, catches up, then becomes a voter.
+    Add {
+        /// Node id.
+        #[arg(long)]
+        id: u64,
+        /// The node's advertised URL.
+        #[arg(long)]
+        addr: String,
+        /// Keep it a non-voting learner.
+        #[arg(long)]
+        learner: bool,
+    },
+    /// Remove a node from the cluster.
+    Remove {
+        /// Node id.
+        id: u64,
+    },
 }

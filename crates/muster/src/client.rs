@@ -13,7 +13,7 @@ use muster_proto::{
 use reqwest::{Method, Response};
 use serde_json::Value;
 
-use crate::cli::{Command, LsArgs, RegisterArgs};
+use crate::cli::{ClusterCommand, Command, LsArgs, RegisterArgs};
 
 struct Client {
     http: reqwest::Client,
@@ -148,6 +148,7 @@ pub(crate) async fn run(addr: &str, json: bool, cmd: Command) -> anyhow::Result<
             Ok(())
         }
         Command::Ls(args) => ls(&c, json, args).await,
+        Command::Cluster(cmd) => cluster(&c, json, cmd).await,
         Command::Watch { services, index } => watch(&c, json, &services, index).await,
     }
 }
@@ -417,4 +418,69 @@ fn describe_event(v: &Value) -> String {
         ),
         _ => v.to_string(),
     }
+}
+
+async fn cluster(c: &Client, json: bool, cmd: ClusterCommand) -> anyhow::Result<()> {
+    let v = match cmd {
+        ClusterCommand::Status => c.json(Method::GET, "/v1/cluster", None).await?,
+        ClusterCommand::Add { id, addr, learner } => {
+            let body = serde_json::to_vec(
+                &serde_json::json!({"id": id, "addr": addr, "voter": !learner}),
+            )?;
+            c.json(Method::POST, "/v1/cluster/members", Some(body))
+                .await?
+        }
+        ClusterCommand::Remove { id } => {
+            c.json(Method::DELETE, &format!("/v1/cluster/members/{id}"), None)
+                .await?
+        }
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    let s = |k: &str| match &v[k] {
+        Value::Null => "-".to_string(),
+        Value::String(t) => t.clone(),
+        other => other.to_string(),
+    };
+    println!(
+        "node {} is {} in term {}; leader {} ({}); applied {} of {}; last contact {} ms",
+        s("nodeId"),
+        s("role"),
+        s("term"),
+        s("leaderId"),
+        s("leaderAddr"),
+        s("lastApplied"),
+        s("lastLogIndex"),
+        s("lastContactMs")
+    );
+    let rows: Vec<Vec<String>> = v["members"]
+        .as_array()
+        .map(|m| {
+            m.iter()
+                .map(|m| {
+                    let id = m["id"].to_string();
+                    let leader = if m["id"] == v["leaderId"] {
+                        "leader"
+                    } else {
+                        ""
+                    };
+                    let kind = if m["voter"].as_bool().unwrap_or(false) {
+                        "voter"
+                    } else {
+                        "learner"
+                    };
+                    vec![
+                        id,
+                        m["addr"].as_str().unwrap_or("").to_string(),
+                        kind.to_string(),
+                        leader.to_string(),
+                    ]
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    print!("{}", table(&["ID", "ADDRESS", "KIND", ""], &rows));
+    Ok(())
 }

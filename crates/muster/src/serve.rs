@@ -65,9 +65,14 @@ pub(crate) fn layered(args: ServerArgs) -> anyhow::Result<Config> {
         raft_election_timeout_max,
         log,
         log_format,
+        peers,
+        write_timeout,
     );
     if args.advertise_addr.is_some() {
         c.advertise_addr = args.advertise_addr;
+    }
+    if args.join.is_some() {
+        c.join = args.join;
     }
     Ok(c)
 }

@@ -7,6 +7,19 @@ use muster_proto::{ErrorBody, ErrorDetail};
 
 use crate::raft::ProposeError;
 
+/// Codes that can come back from the leader in a forwarded answer.
+const KNOWN_CODES: &[&str] = &[
+    "unknown_instance",
+    "not_found",
+    "conflict",
+    "invalid_transition",
+    "limit_exceeded",
+    "refused",
+    "no_leader",
+    "indeterminate",
+    "unavailable",
+];
+
 /// An API error: a status, a stable code, a message and maybe the offending field.
 #[derive(Debug)]
 pub struct ApiError {
@@ -45,6 +58,29 @@ impl ApiError {
             "unknown_instance",
             format!("no instance with id {id:?} is registered; register it again"),
         )
+    }
+
+    /// Rebuilds an error that crossed from another node.
+    pub fn from_detail(d: ErrorDetail) -> Self {
+        let status = match d.code.as_str() {
+            "unknown_instance" | "not_found" => StatusCode::NOT_FOUND,
+            "conflict" | "invalid_transition" | "limit_exceeded" | "refused" => {
+                StatusCode::CONFLICT
+            }
+            "no_leader" | "indeterminate" | "unavailable" => StatusCode::SERVICE_UNAVAILABLE,
+            _ => StatusCode::BAD_GATEWAY,
+        };
+        let code = KNOWN_CODES
+            .iter()
+            .find(|c| **c == d.code)
+            .copied()
+            .unwrap_or("upstream");
+        ApiError {
+            status,
+            code,
+            message: d.message,
+            field: d.field,
+        }
     }
 
     /// The HTTP status.
@@ -111,12 +147,13 @@ impl From<ProposeError> for ApiError {
     fn from(e: ProposeError) -> Self {
         let message = e.to_string();
         match e {
-            ProposeError::NotLeader { .. } => {
+            ProposeError::NoLeader => {
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "no_leader", message)
             }
-            ProposeError::Indeterminate => {
+            ProposeError::Indeterminate(_) => {
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "indeterminate", message)
             }
+            ProposeError::Refused(_) => ApiError::new(StatusCode::CONFLICT, "refused", message),
             _ => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message),
         }
     }

@@ -1,43 +1,156 @@
-//! Raft transport. The embedded default is a one-member cluster, which never opens a connection
-//! to a peer: openraft asks this factory for a client only for other members, and there are none.
-//! Peer-to-peer transport arrives with multi-node clustering; until then every call reports the
-//! peer unreachable, which is what openraft expects of a member it cannot reach.
+//! Raft transport over HTTP: `POST <peer>/internal/raft/{append,vote,snapshot}` with JSON bodies
+//! (a snapshot is a JSON header followed by the raw snapshot bytes).
+//!
+//! Heartbeats, log replication and snapshots each get their own HTTP client, so their own
+//! connections: a large snapshot transfer never holds up the heartbeats that keep a leader in
+//! office.
 
 use std::future::Future;
+use std::time::Duration;
 
 use openraft::alias::{SnapshotOf, VoteOf};
-use openraft::errors::{RPCError, ReplicationClosed, StreamingError, Unreachable};
+use openraft::errors::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
 use openraft::network::{RPCOption, RaftNetworkFactory, RaftNetworkV2};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
 };
 use openraft::{BasicNode, OptionalSend};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 
 use super::TypeConfig;
 
-/// Creates clients for peers.
-pub(crate) struct Network;
+/// Path prefix of the Raft RPCs.
+pub(crate) const RPC_PREFIX: &str = "/internal/raft";
+
+/// Creates clients for peers, one connection pool per purpose.
+pub(crate) struct Network {
+    replication: reqwest::Client,
+    heartbeat: reqwest::Client,
+    snapshot: reqwest::Client,
+}
+
+impl Network {
+    pub(crate) fn new() -> Result<Self, String> {
+        let build = || {
+            reqwest::Client::builder()
+                .connect_timeout(Duration::from_secs(1))
+                .tcp_nodelay(true)
+                .build()
+                .map_err(|e| format!("cannot build the raft HTTP client: {e}"))
+        };
+        Ok(Network {
+            replication: build()?,
+            heartbeat: build()?,
+            snapshot: build()?,
+        })
+    }
+}
 
 /// A client for one peer.
 pub(crate) struct PeerClient {
     target: u64,
-}
-
-impl PeerClient {
-    fn unreachable(&self) -> Unreachable<TypeConfig> {
-        Unreachable::from_string(format!(
-            "node {} is not reachable: this build runs one-node clusters",
-            self.target
-        ))
-    }
+    addr: String,
+    http: reqwest::Client,
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = PeerClient;
 
-    async fn new_client(&mut self, target: u64, _node: &BasicNode) -> PeerClient {
-        PeerClient { target }
+    async fn new_client(&mut self, target: u64, node: &BasicNode) -> PeerClient {
+        PeerClient {
+            target,
+            addr: node.addr.trim_end_matches('/').to_string(),
+            http: self.replication.clone(),
+        }
     }
+
+    async fn new_heartbeat_client(&mut self, target: u64, node: &BasicNode) -> PeerClient {
+        PeerClient {
+            target,
+            addr: node.addr.trim_end_matches('/').to_string(),
+            http: self.heartbeat.clone(),
+        }
+    }
+
+    async fn new_snapshot_client(&mut self, target: u64, node: &BasicNode) -> PeerClient {
+        PeerClient {
+            target,
+            addr: node.addr.trim_end_matches('/').to_string(),
+            http: self.snapshot.clone(),
+        }
+    }
+}
+
+impl PeerClient {
+    async fn call<Resp: DeserializeOwned>(
+        &self,
+        what: &str,
+        body: Vec<u8>,
+        timeout: Duration,
+    ) -> Result<Resp, RPCError<TypeConfig>> {
+        let url = format!("{}{RPC_PREFIX}/{what}", self.addr);
+        let sent = self
+            .http
+            .post(&url)
+            .header("content-type", "application/json")
+            .body(body)
+            .timeout(timeout)
+            .send()
+            .await;
+        let resp = sent.map_err(|e| {
+            let msg = format!("node {} at {}: {e}", self.target, self.addr);
+            if e.is_connect() || e.is_timeout() {
+                RPCError::Unreachable(Unreachable::from_string(msg))
+            } else {
+                RPCError::Network(NetworkError::from_string(msg))
+            }
+        })?;
+        let status = resp.status();
+        let bytes = resp.bytes().await.map_err(|e| {
+            RPCError::Network(NetworkError::from_string(format!(
+                "node {}: {e}",
+                self.target
+            )))
+        })?;
+        if !status.is_success() {
+            return Err(RPCError::Unreachable(Unreachable::from_string(format!(
+                "node {} answered {status}: {}",
+                self.target,
+                String::from_utf8_lossy(&bytes)
+            ))));
+        }
+        // The peer answers `Result<Resp, String>`; an error there means its Raft cannot serve.
+        match serde_json::from_slice::<Result<Resp, String>>(&bytes) {
+            Ok(Ok(r)) => Ok(r),
+            Ok(Err(e)) => Err(RPCError::Unreachable(Unreachable::from_string(format!(
+                "node {}: {e}",
+                self.target
+            )))),
+            Err(e) => Err(RPCError::Network(NetworkError::from_string(format!(
+                "node {} sent an unreadable answer: {e}",
+                self.target
+            )))),
+        }
+    }
+}
+
+fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, RPCError<TypeConfig>> {
+    serde_json::to_vec(v).map_err(|e| RPCError::Network(NetworkError::from_string(e.to_string())))
+}
+
+/// A snapshot on the wire: `[header length: u32 LE][header JSON][snapshot bytes]`.
+pub(crate) fn encode_snapshot_rpc(
+    vote: &VoteOf<TypeConfig>,
+    snapshot: &SnapshotOf<TypeConfig, Vec<u8>>,
+) -> Result<Vec<u8>, String> {
+    let header = serde_json::to_vec(&(vote, &snapshot.meta)).map_err(|e| e.to_string())?;
+    let len = u32::try_from(header.len()).map_err(|e| e.to_string())?;
+    let mut out = Vec::with_capacity(4 + header.len() + snapshot.snapshot.len());
+    out.extend_from_slice(&len.to_le_bytes());
+    out.extend_from_slice(&header);
+    out.extend_from_slice(&snapshot.snapshot);
+    Ok(out)
 }
 
 impl RaftNetworkV2<TypeConfig> for PeerClient {
@@ -45,27 +158,36 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
 
     async fn append_entries(
         &mut self,
-        _rpc: AppendEntriesRequest<TypeConfig>,
-        _option: RPCOption,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
     ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
-        Err(RPCError::Unreachable(self.unreachable()))
+        let body = encode(&rpc)?;
+        self.call("append", body, option.soft_ttl()).await
     }
 
     async fn vote(
         &mut self,
-        _rpc: VoteRequest<TypeConfig>,
-        _option: RPCOption,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
     ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
-        Err(RPCError::Unreachable(self.unreachable()))
+        let body = encode(&rpc)?;
+        self.call("vote", body, option.soft_ttl()).await
     }
 
     async fn full_snapshot(
         &mut self,
-        _vote: VoteOf<TypeConfig>,
-        _snapshot: SnapshotOf<TypeConfig, Vec<u8>>,
-        _cancel: impl Future<Output = ReplicationClosed> + OptionalSend + 'static,
-        _option: RPCOption,
+        vote: VoteOf<TypeConfig>,
+        snapshot: SnapshotOf<TypeConfig, Vec<u8>>,
+        cancel: impl Future<Output = ReplicationClosed> + OptionalSend + 'static,
+        option: RPCOption,
     ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
-        Err(StreamingError::Unreachable(self.unreachable()))
+        let body = encode_snapshot_rpc(&vote, &snapshot)
+            .map_err(|e| StreamingError::Network(NetworkError::from_string(e)))?;
+        // A snapshot may be large: allow it the hard TTL, and a bit per megabyte.
+        let timeout = option.hard_ttl() + Duration::from_millis(body.len() as u64 / 1_000);
+        tokio::select! {
+            closed = cancel => Err(StreamingError::Closed(closed)),
+            r = self.call::<SnapshotResponse<TypeConfig>>("snapshot", body, timeout) => r.map_err(StreamingError::from),
+        }
     }
 }

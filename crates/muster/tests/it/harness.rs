@@ -271,3 +271,107 @@ impl Sse {
             .expect("an event within 10s")
     }
 }
+
+/// Free loopback ports, found by binding port 0 (released before use: a tiny race, fine here).
+pub(crate) fn free_ports(n: usize) -> Vec<u16> {
+    let listeners: Vec<_> = (0..n)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind"))
+        .collect();
+    listeners
+        .iter()
+        .map(|l| l.local_addr().expect("addr").port())
+        .collect()
+}
+
+/// A cluster of real `muster server` processes on loopback, node `i + 1` in `nodes[i]`.
+pub(crate) struct Cluster {
+    pub(crate) nodes: Vec<Option<Muster>>,
+    pub(crate) ports: Vec<u16>,
+    pub(crate) root: tempfile::TempDir,
+    pub(crate) peers: String,
+    extra: Vec<String>,
+}
+
+impl Cluster {
+    /// Starts `n` voters that form one cluster.
+    pub(crate) fn start(n: usize, extra: &[&str]) -> Cluster {
+        let ports = free_ports(n);
+        let peers: Vec<String> = ports
+            .iter()
+            .enumerate()
+            .map(|(i, p)| format!("{}=http://127.0.0.1:{p}", i + 1))
+            .collect();
+        let mut c = Cluster {
+            nodes: Vec::new(),
+            ports,
+            root: tempfile::tempdir().expect("tempdir"),
+            peers: peers.join(","),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+        };
+        for id in 1..=n {
+            let node = c.spawn(id);
+            c.nodes.push(Some(node));
+        }
+        c
+    }
+
+    fn spawn(&self, id: usize) -> Muster {
+        let mut extra = vec![
+            "--node-id".to_string(),
+            id.to_string(),
+            "--peers".to_string(),
+            self.peers.clone(),
+        ];
+        extra.extend(self.extra.iter().cloned());
+        let dir = self.root.path().join(format!("n{id}"));
+        Muster::restart_after(&dir, &format!("127.0.0.1:{}", self.ports[id - 1]), &extra)
+    }
+
+    /// Node `id` (1-based); panics if it is down.
+    pub(crate) fn node(&self, id: usize) -> &Muster {
+        self.nodes[id - 1].as_ref().expect("node is up")
+    }
+
+    /// Waits until every running node agrees on one leader; returns its id.
+    pub(crate) async fn leader(&self) -> usize {
+        for _ in 0..500 {
+            let mut seen = Vec::new();
+            for n in self.nodes.iter().flatten() {
+                let (_, c) = n.get("/v1/cluster").await;
+                seen.push(c["leaderId"].as_u64());
+            }
+            if let Some(Some(l)) = seen.first().copied()
+                && seen.iter().all(|s| *s == Some(l))
+            {
+                return l as usize;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("no agreed leader within 10s");
+    }
+
+    /// SIGKILLs node `id`.
+    pub(crate) fn kill9(&mut self, id: usize) {
+        if let Some(n) = self.nodes[id - 1].take() {
+            n.kill9();
+        }
+    }
+
+    /// Restarts node `id` on its data directory and port.
+    pub(crate) fn restart(&mut self, id: usize) {
+        let node = self.spawn(id);
+        self.nodes[id - 1] = Some(node);
+    }
+
+    /// Waits until node `id` has applied at least `index`.
+    pub(crate) async fn wait_applied(&self, id: usize, index: u64) {
+        for _ in 0..1000 {
+            let (_, c) = self.node(id).get("/v1/cluster").await;
+            if c["lastApplied"].as_u64().unwrap_or(0) >= index {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("node {id} did not apply index {index} within 20s");
+    }
+}

@@ -4,6 +4,7 @@ mod api;
 mod bad_input;
 mod blocking;
 mod cli;
+mod cluster;
 mod durability;
 mod harness;
 mod leases;

@@ -1,0 +1,302 @@
+//! A three-node cluster of real processes: failover under load, catch-up after a restart,
+//! membership changes, and what a node cut off from the quorum answers.
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use crate::harness::{Cluster, JsonBody, Muster};
+
+async fn ids(m: &Muster, service: &str) -> BTreeSet<String> {
+    let (_, v) = m.get(&format!("/v1/services/{service}?status=any")).await;
+    v["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["instanceId"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[tokio::test]
+async fn the_cluster_survives_a_leader_kill_under_load() {
+    let mut c = Cluster::start(3, &[]);
+    let leader = c.leader().await;
+    let followers: Vec<usize> = (1..=3).filter(|i| *i != leader).collect();
+
+    // Writes through a follower are forwarded; reads on a follower carry staleness headers.
+    let f = c.node(followers[0]);
+    let index = f.register("web", "w1", json!({"leaseTtl": "3s"})).await;
+    c.wait_applied(followers[1], index).await;
+    let resp = c
+        .node(followers[1])
+        .http
+        .get(c.node(followers[1]).url("/v1/services/web"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.headers()["x-muster-known-leader"], "true");
+    assert!(resp.headers().contains_key("x-muster-last-contact"));
+    let (status, v) = c
+        .node(followers[1])
+        .get("/v1/services/web?consistent=true")
+        .await;
+    assert_eq!(
+        (status, v["instances"][0]["instanceId"].as_str()),
+        (200, Some("w1"))
+    );
+
+    // Steady load on both followers; an instance heartbeats through a follower meanwhile.
+    let acked = Arc::new(Mutex::new(BTreeSet::new()));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let gap = Arc::new(Mutex::new((None::<Instant>, None::<Instant>)));
+    let mut tasks = Vec::new();
+    for (w, id) in followers.iter().enumerate() {
+        let (http, url) = (c.node(*id).http.clone(), c.node(*id).url("/v1/instances"));
+        let (acked, stop, gap) = (acked.clone(), stop.clone(), gap.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut i = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let id = format!("load-{w}-{i}");
+                i += 1;
+                let body = json!({"service": "load", "instanceId": id, "host": "h", "port": 1, "leaseTtl": "1h"});
+                let ok = matches!(http.post(&url).json_body(&body).timeout(Duration::from_secs(3)).send().await, Ok(r) if r.status() == 201);
+                let mut g = gap.lock().unwrap();
+                if ok {
+                    acked.lock().unwrap().insert(id);
+                    if g.0.is_some() && g.1.is_none() {
+                        g.1 = Some(Instant::now());
+                    }
+                } else if g.0.is_none() {
+                    g.0 = Some(Instant::now());
+                }
+            }
+        }));
+    }
+    let hb = {
+        let (http, url) = (
+            c.node(followers[0]).http.clone(),
+            c.node(followers[0]).url("/v1/instances/w1/heartbeat"),
+        );
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let _ = http.post(&url).send().await;
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let killed_at = Instant::now();
+    c.kill9(leader);
+    // Wait for writes to flow again (bounded), then let the load run a little longer.
+    for _ in 0..500 {
+        if gap.lock().unwrap().1.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for t in tasks {
+        t.await.unwrap();
+    }
+    hb.await.unwrap();
+    let (first_fail, resumed) = *gap.lock().unwrap();
+    let resumed = resumed.expect("writes are accepted again after the leader died");
+    eprintln!(
+        "leader kill: writes refused from {:?} to {:?} after the kill",
+        first_fail.map(|t| t.saturating_duration_since(killed_at)),
+        resumed.saturating_duration_since(killed_at)
+    );
+
+    // A new leader among the survivors; nothing acknowledged is lost; the heartbeating
+    // instance (3 s lease) outlived the failover.
+    let new_leader = c.leader().await;
+    assert_ne!(new_leader, leader);
+    let acked = acked.lock().unwrap().clone();
+    assert!(acked.len() > 10, "only {} writes acknowledged", acked.len());
+    let present = ids(c.node(new_leader), "load").await;
+    assert!(
+        acked.is_subset(&present),
+        "{} acknowledged writes lost",
+        acked.difference(&present).count()
+    );
+    assert!(
+        ids(c.node(new_leader), "web").await.contains("w1"),
+        "a heartbeating instance expired in the failover"
+    );
+
+    // The killed node comes back, catches up and serves the same data.
+    let (_, status) = c.node(new_leader).get("/v1/cluster").await;
+    let target = status["lastApplied"].as_u64().unwrap();
+    c.restart(leader);
+    c.wait_applied(leader, target).await;
+    assert_eq!(ids(c.node(leader), "load").await, present);
+    let (_, a) = c.node(leader).get("/v1/services/load?status=any").await;
+    let (_, b) = c.node(new_leader).get("/v1/services/load?status=any").await;
+    assert_eq!(a, b, "the restarted node serves the same data");
+}
+
+#[tokio::test]
+async fn a_node_joins_by_snapshot_and_is_removed() {
+    let c = Cluster::start(
+        3,
+        &["--snapshot-every", "200", "--keep-behind-snapshot", "1000"],
+    );
+    let leader = c.leader().await;
+    let m = c.node(leader);
+    let mut tasks = Vec::new();
+    for w in 0..8 {
+        let (http, url) = (m.http.clone(), m.url("/v1/instances"));
+        tasks.push(tokio::spawn(async move {
+            for i in 0..200 {
+                let body = json!({"service": "big", "instanceId": format!("b{w}-{i}"), "host": "h", "port": 1, "leaseTtl": "1h"});
+                assert_eq!(http.post(&url).json_body(&body).send().await.unwrap().status(), 201);
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    // The log behind the latest snapshot is purged: a newcomer must start from a snapshot.
+    let mut purged = 0;
+    for _ in 0..500 {
+        purged = m.get("/v1/cluster").await.1["purgedIndex"]
+            .as_u64()
+            .unwrap_or(0);
+        if purged > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(purged > 0, "the leader's log was purged behind a snapshot");
+
+    // Node 4 joins through a follower; it is added as a learner, catches up, becomes a voter.
+    let follower = (1..=3).find(|i| *i != leader).unwrap();
+    let port = crate::harness::free_ports(1)[0];
+    let dir = c.root.path().join("n4");
+    let extra: Vec<String> = [
+        "--node-id",
+        "4",
+        "--join",
+        &c.node(follower).base,
+        "--snapshot-every",
+        "200",
+        "--keep-behind-snapshot",
+        "1000",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let n4 = Muster::restart_after(&dir, &format!("127.0.0.1:{port}"), &extra);
+    let mut voters = 0;
+    for _ in 0..750 {
+        let (_, st) = m.get("/v1/cluster").await;
+        voters = st["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|x| x["voter"] == true)
+            .count();
+        if voters == 4 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(voters, 4, "node 4 became a voter");
+    let (_, st) = m.get("/v1/cluster").await;
+    let target = st["lastApplied"].as_u64().unwrap();
+    for _ in 0..500 {
+        if n4.get("/v1/cluster").await.1["lastApplied"]
+            .as_u64()
+            .unwrap_or(0)
+            >= target
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(ids(&n4, "big").await.len(), 1600, "node 4 caught up");
+    let (_, n4status) = n4.get("/v1/cluster").await;
+    assert!(
+        n4status["snapshotIndex"].as_u64().is_some(),
+        "node 4 holds a snapshot: {n4status}"
+    );
+
+    // Remove it again with the CLI, through a follower.
+    let out = std::process::Command::new(crate::harness::BIN)
+        .args(["--addr", &c.node(follower).base, "cluster", "remove", "4"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (_, st) = m.get("/v1/cluster").await;
+    let ids: Vec<u64> = st["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x["id"].as_u64().unwrap())
+        .collect();
+    assert_eq!(ids, [1, 2, 3]);
+    drop(n4);
+}
+
+#[tokio::test]
+async fn a_node_without_quorum_serves_stale_reads_and_refuses_writes() {
+    let mut c = Cluster::start(3, &["--write-timeout", "1s"]);
+    let leader = c.leader().await;
+    c.node(leader).register("web", "w1", json!({})).await;
+    let keep = (1..=3).find(|i| *i != leader).unwrap();
+    c.wait_applied(
+        keep,
+        c.node(leader).get("/v1/cluster").await.1["lastApplied"]
+            .as_u64()
+            .unwrap(),
+    )
+    .await;
+    for id in 1..=3 {
+        if id != keep {
+            c.kill9(id);
+        }
+    }
+    // Once it notices, it knows no leader: reads answer, marked; writes are refused.
+    let m = c.node(keep);
+    let mut known = String::new();
+    for _ in 0..250 {
+        let resp = m.http.get(m.url("/v1/services/web")).send().await.unwrap();
+        known = resp.headers()["x-muster-known-leader"]
+            .to_str()
+            .unwrap()
+            .to_string();
+        if known == "false" {
+            let v: serde_json::Value =
+                serde_json::from_slice(&resp.bytes().await.unwrap()).unwrap();
+            assert_eq!(v["instances"][0]["instanceId"], "w1", "reads still answer");
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(known, "false");
+    let (status, v) = m
+        .post(
+            "/v1/instances",
+            json!({"service": "web", "instanceId": "w2", "host": "h", "port": 1}),
+        )
+        .await;
+    assert_eq!(status, 503, "{v}");
+    assert!(
+        ["no_leader", "indeterminate"].contains(&v["error"]["code"].as_str().unwrap()),
+        "{v}"
+    );
+    let (status, v) = m.post("/v1/instances/w1/heartbeat", json!({})).await;
+    assert_eq!(
+        (status, v["error"]["code"].as_str()),
+        (503, Some("no_leader"))
+    );
+    assert_eq!(m.get("/readyz").await.0, 503);
+}

@@ -37,7 +37,25 @@ impl Muster {
     }
 
     fn start_at(dir: &Path, addr: &str, extra: Vec<String>, env: &[(&str, &str)]) -> Muster {
-        let mut child = Command::new(BIN)
+        Self::launch(Command::new(BIN), dir, addr, extra, env)
+    }
+
+    /// Starts a server inside network namespace `ns` (`ip netns exec`, which execs in place:
+    /// the child's pid is the server's).
+    pub(crate) fn start_in_netns(ns: &str, dir: &Path, addr: &str, extra: &[String]) -> Muster {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", ns, BIN]);
+        Self::launch(cmd, dir, addr, extra.to_vec(), &[])
+    }
+
+    fn launch(
+        mut cmd: Command,
+        dir: &Path,
+        addr: &str,
+        extra: Vec<String>,
+        env: &[(&str, &str)],
+    ) -> Muster {
+        let mut child = cmd
             .args(["server", "--data-dir"])
             .arg(dir)
             .args([

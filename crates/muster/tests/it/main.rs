@@ -8,4 +8,5 @@ mod cluster;
 mod durability;
 mod harness;
 mod leases;
+mod partition;
 mod watch;

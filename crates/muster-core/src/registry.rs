@@ -100,15 +100,31 @@ pub enum Command {
     },
     /// Lease lapse: each listed instance becomes EXPIRED and is dropped, unless it changed since
     /// the leader decided (its modify index no longer matches).
+    ///
+    /// Only the leader that holds the leases may decide an expiry, so the Raft layer applies it
+    /// only when it commits as an entry of `term` (see `Command::is_valid_in_term`): a deposed
+    /// leader's decision, however it reaches the log, changes nothing.
     Expire {
         /// `(instance id, modify index the leader saw)`.
         instances: Vec<(String, u64)>,
+        /// Term of the leader that decided it.
+        #[serde(default)]
+        term: u64,
         /// Leader wall time.
         at: u64,
     },
 }
 
 impl Command {
+    /// Whether this command may take effect as a log entry of `term`. Every command may,
+    /// except an expiry decided by the leader of another term.
+    pub fn is_valid_in_term(&self, entry_term: u64) -> bool {
+        match self {
+            Command::Expire { term, .. } => *term == entry_term,
+            _ => true,
+        }
+    }
+
     /// A one-word name for logs and metrics.
     pub fn name(&self) -> &'static str {
         match self {
@@ -347,7 +363,7 @@ impl Registry {
                 reason,
                 at,
             } => self.set_readiness(instance_id, *ready, reason, *at, events),
-            Command::Expire { instances, at } => {
+            Command::Expire { instances, at, .. } => {
                 let mut instance_ids = Vec::new();
                 for (id, seen) in instances {
                     let Some(inst) = self.instances.get(id) else {

@@ -98,28 +98,48 @@ async fn run(raft: Arc<RaftNode>, mut rx: mpsc::Receiver<(ForwardedHeartbeat, Re
     }
 }
 
+/// One attempt may take this long: a dead leader must not hold up the heartbeats behind it.
+const ATTEMPT: Duration = Duration::from_millis(750);
+/// A batch is given up after this long (the instances heartbeat again soon).
+const GIVE_UP: Duration = Duration::from_secs(3);
+
+/// Sends a batch to the leader. While no leader is known it waits; when an attempt fails it
+/// waits for leadership to move and sends the batch to the new leader.
 async fn send(
     raft: &RaftNode,
     items: Vec<ForwardedHeartbeat>,
 ) -> Result<Vec<ForwardedResult>, ProposeError> {
-    let leader = raft
-        .cached_status()
-        .leader_addr
-        .clone()
-        .ok_or(ProposeError::NoLeader)?;
-    if raft.is_leader() {
-        // Leadership came here while the batch waited; the caller renews locally next time.
-        return Err(ProposeError::Unavailable(
-            "this node became the leader; heartbeat again".into(),
-        ));
-    }
+    let deadline = tokio::time::Instant::now() + GIVE_UP;
     let batch = ForwardedBatch { items };
-    tokio::time::timeout(
-        Duration::from_secs(5),
-        raft.forward::<_, Vec<ForwardedResult>>(&leader, "heartbeats", &batch),
-    )
-    .await
-    .map_err(|_| {
-        ProposeError::Unavailable(format!("the leader at {leader} did not answer in time"))
-    })?
+    let mut last_err = ProposeError::NoLeader;
+    let mut failed: Option<String> = None;
+    while tokio::time::Instant::now() < deadline {
+        if raft.is_leader() {
+            // Leadership came here while the batch waited; the caller renews locally next time.
+            return Err(ProposeError::Unavailable(
+                "this node became the leader; heartbeat again".into(),
+            ));
+        }
+        match raft.cached_status().leader_addr.clone() {
+            Some(leader) if failed.as_ref() != Some(&leader) => {
+                match raft
+                    .forward_within::<_, Vec<ForwardedResult>>(
+                        &leader,
+                        "heartbeats",
+                        &batch,
+                        ATTEMPT,
+                    )
+                    .await
+                {
+                    Ok(results) => return Ok(results),
+                    Err(e) => {
+                        last_err = e;
+                        failed = Some(leader);
+                    }
+                }
+            }
+            _ => tokio::time::sleep(Duration::from_millis(25)).await,
+        }
+    }
+    Err(last_err)
 }

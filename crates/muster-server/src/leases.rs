@@ -199,14 +199,21 @@ impl Leases {
                     .into_iter()
                     .map(|(id, m)| (id.to_string(), m))
                     .collect();
+                // Proposed here only, never forwarded: a node that lost the lead must not get its
+                // stale decision committed by the new leader.
                 match raft
-                    .propose(Command::Expire {
+                    .propose_local(Command::Expire {
                         instances,
+                        term,
                         at: wall_ms(),
                     })
                     .await
                 {
-                    Ok(p) => tracing::debug!(index = p.index, "expiry committed"),
+                    Ok(p) => {
+                        if let Ok(muster_core::Applied::Expired { instance_ids }) = &p.outcome {
+                            tracing::info!(index = p.index, term, expired = ?instance_ids, "leases lapsed: instances expired");
+                        }
+                    }
                     Err(e) => {
                         tracing::warn!(error = %e, "could not commit an expiry; retrying");
                         tokio::time::sleep(Duration::from_millis(200)).await;

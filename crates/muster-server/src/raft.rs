@@ -237,6 +237,9 @@ pub struct RaftNode {
     write_timeout: Duration,
 }
 
+/// How often a write waiting out an election looks for a leader again.
+const ELECTION_POLL: Duration = Duration::from_millis(25);
+
 /// Path of the forwarding endpoints (`/internal/propose`, `/internal/read-index`,
 /// `/internal/members`).
 pub const INTERNAL_PREFIX: &str = "/internal";
@@ -348,19 +351,65 @@ impl RaftNode {
     }
 
     /// Proposes a command and waits until it is committed and applied, forwarding it to the
-    /// leader when this node does not lead.
+    /// leader when this node does not lead. While no leader is known (an election is under
+    /// way), it keeps trying until the write timeout.
     pub async fn propose(&self, cmd: Command) -> Result<Proposed, ProposeError> {
-        let written = tokio::time::timeout(
-            self.write_timeout,
-            self.raft.client_write(Request(cmd.clone())),
-        )
-        .await;
+        let deadline = tokio::time::Instant::now() + self.write_timeout;
+        loop {
+            match self.propose_once(cmd.clone(), deadline).await {
+                Err(ProposeError::NoLeader) if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(ELECTION_POLL.min(deadline - tokio::time::Instant::now()))
+                        .await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn propose_once(
+        &self,
+        cmd: Command,
+        deadline: tokio::time::Instant,
+    ) -> Result<Proposed, ProposeError> {
+        let written =
+            tokio::time::timeout_at(deadline, self.raft.client_write(Request(cmd.clone()))).await;
         let written = written.map_err(|_| {
             ProposeError::Indeterminate(format!(
                 "the write did not commit within {:?}",
                 self.write_timeout
             ))
         })?;
+        match written {
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => match f.leader_node {
+                Some(leader) if f.leader_id != Some(self.node_id) => {
+                    self.forward(&leader.addr, "propose", &Request(cmd)).await
+                }
+                _ => Err(ProposeError::NoLeader),
+            },
+            other => Self::outcome(other),
+        }
+    }
+
+    /// Proposes on this node only, never forwarding: for decisions only this node's leadership
+    /// may make (expiries), and for the receiving end of a forwarded proposal.
+    pub async fn propose_local(&self, cmd: Command) -> Result<Proposed, ProposeError> {
+        let deadline = tokio::time::Instant::now() + self.write_timeout;
+        let written = tokio::time::timeout_at(deadline, self.raft.client_write(Request(cmd))).await;
+        let written = written.map_err(|_| {
+            ProposeError::Indeterminate(format!(
+                "the write did not commit within {:?}",
+                self.write_timeout
+            ))
+        })?;
+        Self::outcome(written)
+    }
+
+    fn outcome(
+        written: Result<
+            openraft::raft::ClientWriteResponse<TypeConfig>,
+            RaftError<TypeConfig, ClientWriteError<TypeConfig>>,
+        >,
+    ) -> Result<Proposed, ProposeError> {
         match written {
             Ok(resp) => match resp.data.0 {
                 Some(outcome) => Ok(Proposed {
@@ -371,12 +420,9 @@ impl RaftNode {
                     "a command applied without an outcome".into(),
                 )),
             },
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => match f.leader_node {
-                Some(leader) if f.leader_id != Some(self.node_id) => {
-                    self.forward(&leader.addr, "propose", &Request(cmd)).await
-                }
-                _ => Err(ProposeError::NoLeader),
-            },
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
+                Err(ProposeError::NoLeader)
+            }
             Err(RaftError::APIError(ClientWriteError::LogEntryDiscarded(_))) => {
                 Err(ProposeError::Indeterminate(
                     "leadership changed while the write was in flight".into(),
@@ -387,21 +433,29 @@ impl RaftNode {
         }
     }
 
-    /// Proposes on this node only (the receiving end of a forwarded proposal: never forwards
-    /// again).
-    pub async fn propose_here(&self, cmd: Command) -> Result<Proposed, ProposeError> {
-        if !self.is_leader() {
-            return Err(ProposeError::NoLeader);
-        }
-        self.propose(cmd).await
-    }
-
     /// POSTs `body` to `<leader>/internal/<what>` and decodes `Result<T, WireError>`.
     pub async fn forward<B: Serialize, T: serde::de::DeserializeOwned>(
         &self,
         leader: &str,
         what: &str,
         body: &B,
+    ) -> Result<T, ProposeError> {
+        self.forward_within(
+            leader,
+            what,
+            body,
+            self.write_timeout + Duration::from_secs(1),
+        )
+        .await
+    }
+
+    /// [`RaftNode::forward`] with its own time limit.
+    pub async fn forward_within<B: Serialize, T: serde::de::DeserializeOwned>(
+        &self,
+        leader: &str,
+        what: &str,
+        body: &B,
+        timeout: Duration,
     ) -> Result<T, ProposeError> {
         let url = format!("{}{INTERNAL_PREFIX}/{what}", leader.trim_end_matches('/'));
         let body =
@@ -411,7 +465,7 @@ impl RaftNode {
             .post(&url)
             .header("content-type", "application/json")
             .body(body)
-            .timeout(self.write_timeout + Duration::from_secs(1))
+            .timeout(timeout)
             .send()
             .await
             .map_err(|e| {

@@ -220,6 +220,7 @@ fn expire_skips_instances_that_changed_since_the_leader_looked() {
     let applied = h
         .apply(Command::Expire {
             instances: vec![("i1".into(), 1), ("i2".into(), 2)],
+            term: 0,
             at: 4,
         })
         .unwrap();
@@ -266,6 +267,7 @@ fn a_revived_reregistration_voids_an_earlier_expiry_decision() {
     let applied = h
         .apply(Command::Expire {
             instances: vec![("i1".into(), seen)],
+            term: 0,
             at: 9,
         })
         .unwrap();
@@ -276,6 +278,18 @@ fn a_revived_reregistration_voids_an_earlier_expiry_decision() {
         }
     );
     assert!(h.reg.get("i1").is_some());
+}
+
+#[test]
+fn an_expiry_is_valid_only_in_the_term_that_decided_it() {
+    let cmd = Command::Expire {
+        instances: vec![],
+        term: 3,
+        at: 0,
+    };
+    assert!(cmd.is_valid_in_term(3));
+    assert!(!cmd.is_valid_in_term(4));
+    assert!(register("a", "b", true).is_valid_in_term(9));
 }
 
 #[test]
@@ -425,6 +439,7 @@ fn arb_command() -> impl Strategy<Value = Command> {
         }),
         prop::collection::vec((id, 0u64..20), 0..4).prop_map(|v| Command::Expire {
             instances: v.into_iter().map(|(i, m)| (i.to_string(), m)).collect(),
+            term: 0,
             at: 14
         }),
     ]

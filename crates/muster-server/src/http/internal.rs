@@ -70,7 +70,7 @@ async fn propose(
     let req: Request = serde_json::from_slice(&bytes)
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_body", e.to_string()))?;
     let cmd: Command = req.0;
-    Ok(answer(app.raft.propose_here(cmd).await))
+    Ok(answer(app.raft.propose_local(cmd).await))
 }
 
 async fn read_index(State(app): AppRef) -> Response {

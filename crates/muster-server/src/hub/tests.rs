@@ -216,6 +216,7 @@ fn a_resume_repeats_every_event_sharing_the_index() {
     ]);
     let expire = Command::Expire {
         instances: vec![("a1".into(), 1), ("a2".into(), 2), ("a3".into(), 3)],
+        term: 0,
         at: 9,
     };
     w.apply(&[expire]);

@@ -189,6 +189,22 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 let index = entry.log_id.index;
                 let outcome = match entry.payload {
                     EntryPayload::Blank => state.registry.advance(index).map(|()| None),
+                    // An expiry decided in another term than the one it commits in came from a
+                    // leader that no longer holds the leases: it changes nothing.
+                    EntryPayload::Normal(req)
+                        if !req.0.is_valid_in_term(entry.log_id.leader_id.term) =>
+                    {
+                        tracing::warn!(
+                            index,
+                            command = req.0.name(),
+                            "ignored a command decided in another term"
+                        );
+                        state.registry.advance(index).map(|()| {
+                            Some(Ok(Applied::Expired {
+                                instance_ids: Vec::new(),
+                            }))
+                        })
+                    }
                     EntryPayload::Normal(req) => {
                         state.registry.apply(index, &req.0, &mut events).map(Some)
                     }

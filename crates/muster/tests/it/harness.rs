@@ -68,6 +68,7 @@ impl Muster {
             ])
             .args(&extra)
             .env_remove("MUSTER_ADDR")
+            .env_remove("MUSTER_TEST_LOG")
             .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

@@ -9,6 +9,7 @@ use muster_proto::ErrorDetail;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::metrics::Metrics;
 use crate::raft::{ProposeError, RaftNode};
 
 /// Most heartbeats in one forwarded batch.
@@ -47,9 +48,9 @@ pub struct HeartbeatForwarder {
 
 impl HeartbeatForwarder {
     /// Starts the forwarding task; it ends when every handle is dropped.
-    pub fn start(raft: Arc<RaftNode>) -> Self {
+    pub fn start(raft: Arc<RaftNode>, metrics: Arc<Metrics>) -> Self {
         let (tx, rx) = mpsc::channel(QUEUE);
-        tokio::spawn(run(raft, rx));
+        tokio::spawn(run(raft, metrics, rx));
         HeartbeatForwarder { tx }
     }
 
@@ -65,7 +66,11 @@ impl HeartbeatForwarder {
     }
 }
 
-async fn run(raft: Arc<RaftNode>, mut rx: mpsc::Receiver<(ForwardedHeartbeat, Reply)>) {
+async fn run(
+    raft: Arc<RaftNode>,
+    metrics: Arc<Metrics>,
+    mut rx: mpsc::Receiver<(ForwardedHeartbeat, Reply)>,
+) {
     while let Some(first) = rx.recv().await {
         let mut batch = vec![first];
         while batch.len() < MAX_FORWARD_BATCH {
@@ -75,7 +80,7 @@ async fn run(raft: Arc<RaftNode>, mut rx: mpsc::Receiver<(ForwardedHeartbeat, Re
             }
         }
         let (items, replies): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
-        let answer = send(&raft, items).await;
+        let answer = send(&raft, &metrics, items).await;
         match answer {
             Ok(results) if results.len() == replies.len() => {
                 for (reply, result) in replies.into_iter().zip(results) {
@@ -107,10 +112,13 @@ const GIVE_UP: Duration = Duration::from_secs(3);
 /// waits for leadership to move and sends the batch to the new leader.
 async fn send(
     raft: &RaftNode,
+    metrics: &Metrics,
     items: Vec<ForwardedHeartbeat>,
 ) -> Result<Vec<ForwardedResult>, ProposeError> {
     let deadline = tokio::time::Instant::now() + GIVE_UP;
-    let batch = ForwardedBatch { items };
+    let n = items.len() as u64;
+    let batch = serde_json::to_vec(&ForwardedBatch { items })
+        .map_err(|e| ProposeError::Unavailable(e.to_string()))?;
     let mut last_err = ProposeError::NoLeader;
     let mut failed: Option<String> = None;
     while tokio::time::Instant::now() < deadline {
@@ -122,16 +130,22 @@ async fn send(
         }
         match raft.cached_status().leader_addr.clone() {
             Some(leader) if failed.as_ref() != Some(&leader) => {
+                let size = batch.len() as u64;
                 match raft
-                    .forward_within::<_, Vec<ForwardedResult>>(
+                    .forward_bytes::<Vec<ForwardedResult>>(
                         &leader,
                         "heartbeats",
-                        &batch,
+                        batch.clone(),
                         ATTEMPT,
                     )
                     .await
                 {
-                    Ok(results) => return Ok(results),
+                    Ok(results) => {
+                        metrics.forwarded_batches.inc();
+                        metrics.forwarded_heartbeats.inc_by(n);
+                        metrics.forwarded_bytes.inc_by(size);
+                        return Ok(results);
+                    }
                     Err(e) => {
                         last_err = e;
                         failed = Some(leader);

@@ -389,9 +389,12 @@ async fn batch_heartbeat(State(app): AppRef, body: Result<Bytes, BytesRejection>
     for (i, id) in ids.iter().enumerate() {
         muster_core::model::validate_instance_id(id, &format!("instanceIds[{i}]"))?;
     }
+    // All at once: on a follower they coalesce into one batch to the leader.
+    let renewals =
+        futures_util::future::join_all(ids.iter().map(|id| renew_one(&app, id, None))).await;
     let mut results = Vec::with_capacity(ids.len());
-    for id in ids {
-        results.push(match renew_one(&app, &id, None).await {
+    for (id, renewed) in ids.into_iter().zip(renewals) {
+        results.push(match renewed {
             Ok(t) => HeartbeatResult {
                 instance_id: id,
                 ok: true,

@@ -167,7 +167,7 @@ impl Server {
             max_instances_per_service: cfg.max_instances_per_service,
             max_instances: cfg.max_instances,
         };
-        let forwarder = forward::HeartbeatForwarder::start(raft.clone());
+        let forwarder = forward::HeartbeatForwarder::start(raft.clone(), metrics.clone());
         let state = Arc::new(http::AppState {
             raft: raft.clone(),
             hub,

@@ -71,6 +71,12 @@ pub struct Metrics {
     pub store_entries: Gauge<u64, AtomicU64>,
     /// Leases tracked in memory.
     pub leases: Gauge,
+    /// Heartbeat batches a follower sent on to the leader.
+    pub forwarded_batches: Counter,
+    /// Heartbeats a follower sent on to the leader.
+    pub forwarded_heartbeats: Counter,
+    /// Body bytes of those batches.
+    pub forwarded_bytes: Counter,
 }
 
 impl Metrics {
@@ -92,6 +98,9 @@ impl Metrics {
             store_commits: Gauge::default(),
             store_entries: Gauge::default(),
             leases: Gauge::default(),
+            forwarded_batches: Counter::default(),
+            forwarded_heartbeats: Counter::default(),
+            forwarded_bytes: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -156,6 +165,21 @@ impl Metrics {
             m.store_entries.clone(),
         );
         registry.register("leases", "Leases tracked in memory", m.leases.clone());
+        registry.register(
+            "forwarded_heartbeat_batches",
+            "Heartbeat batches this follower sent on to the leader",
+            m.forwarded_batches.clone(),
+        );
+        registry.register(
+            "forwarded_heartbeats",
+            "Heartbeats this follower sent on to the leader",
+            m.forwarded_heartbeats.clone(),
+        );
+        registry.register(
+            "forwarded_heartbeat_bytes",
+            "Body bytes of the heartbeat batches sent on to the leader",
+            m.forwarded_bytes.clone(),
+        );
         Metrics { registry, ..m }
     }
 

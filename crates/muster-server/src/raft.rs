@@ -457,9 +457,20 @@ impl RaftNode {
         body: &B,
         timeout: Duration,
     ) -> Result<T, ProposeError> {
-        let url = format!("{}{INTERNAL_PREFIX}/{what}", leader.trim_end_matches('/'));
         let body =
             serde_json::to_vec(body).map_err(|e| ProposeError::Unavailable(e.to_string()))?;
+        self.forward_bytes(leader, what, body, timeout).await
+    }
+
+    /// [`RaftNode::forward_within`] with a body already encoded.
+    pub async fn forward_bytes<T: serde::de::DeserializeOwned>(
+        &self,
+        leader: &str,
+        what: &str,
+        body: Vec<u8>,
+        timeout: Duration,
+    ) -> Result<T, ProposeError> {
+        let url = format!("{}{INTERNAL_PREFIX}/{what}", leader.trim_end_matches('/'));
         let resp = self
             .http
             .post(&url)

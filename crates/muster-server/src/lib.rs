@@ -155,6 +155,7 @@ impl Server {
             peers: config.peers.clone(),
             joining: cfg.join.is_some(),
             write_timeout: config.write_timeout,
+            seed: None,
         };
         let raft = Arc::new(RaftNode::start(&settings, store.clone(), applier).await?);
         let (shutdown, shutdown_rx) = watch::channel(false);

@@ -31,6 +31,11 @@ use serde::{Deserialize, Serialize};
 pub(crate) use log_store::LogStore;
 pub(crate) use state_machine::StateMachine;
 
+/// Tokio, with openraft's randomness (election timeouts, tick phases) drawn from a seeded
+/// generator: a random seed in production, a fixed one in a simulation, which can then replay.
+pub type Runtime =
+    openraft::rt::deterministic_rng::DeterministicRng<openraft_rt_tokio::TokioRuntime>;
+
 openraft::declare_raft_types!(
     /// Muster's Raft type configuration.
     pub TypeConfig:
@@ -38,6 +43,7 @@ openraft::declare_raft_types!(
         R = Response,
         NodeId = u64,
         Node = BasicNode,
+        AsyncRuntime = Runtime,
 );
 
 /// The payload of a Raft log entry: one registry command.
@@ -95,6 +101,8 @@ pub struct RaftSettings {
     pub keep_behind_snapshot: u64,
     /// Longest a write may take to commit before it is answered as timed out.
     pub write_timeout: Duration,
+    /// Seed of openraft's randomness; `None` draws one from the OS (production).
+    pub seed: Option<u64>,
 }
 
 /// Why a proposal (or a consistent read) did not go through.
@@ -234,6 +242,8 @@ pub struct RaftNode {
     epoch: tokio::time::Instant,
     /// Client for forwarding to the leader.
     http: reqwest::Client,
+    /// Seeds for openraft's randomness in work started from our tasks (see [`Runtime`]).
+    seeds: AtomicU64,
     write_timeout: Duration,
 }
 
@@ -270,17 +280,20 @@ impl RaftNode {
         let log =
             LogStore::open(store.clone()).map_err(|e| format!("cannot open the raft log: {e}"))?;
         let sm = StateMachine::new(store, observer);
-        let raft = Raft::new(
-            settings.node_id,
-            Arc::new(config),
-            network::Network::new()?,
-            log,
-            sm.clone(),
+        let seed = settings.seed.unwrap_or_else(rand::random);
+        let raft = Runtime::scope(
+            seed,
+            Raft::new(
+                settings.node_id,
+                Arc::new(config),
+                network::Network::new()?,
+                log,
+                sm.clone(),
+            ),
         )
         .await
         .map_err(|e| format!("cannot start raft: {e}"))?;
-        let initialized = raft
-            .is_initialized()
+        let initialized = Runtime::scope(seed ^ 1, raft.is_initialized())
             .await
             .map_err(|e| format!("raft failed: {e}"))?;
         if !initialized && !settings.joining {
@@ -294,7 +307,7 @@ impl RaftNode {
                     .collect()
             };
             let n = members.len();
-            raft.initialize(members)
+            Runtime::scope(seed ^ 2, raft.initialize(members))
                 .await
                 .map_err(|e| format!("cannot initialize the cluster: {e}"))?;
             tracing::info!(
@@ -332,17 +345,26 @@ impl RaftNode {
             epoch: tokio::time::Instant::now(),
             http,
             write_timeout: settings.write_timeout,
+            seeds: AtomicU64::new(seed.wrapping_mul(3)),
         })
     }
 
     /// Waits until this node has applied what the cluster committed before it started (a new
     /// leader's first entry included), at most `timeout`.
     pub async fn wait_recovered(&self, timeout: Duration) -> Result<(), String> {
-        self.raft
-            .wait_for_recovery(Some(timeout))
+        self.scoped(self.raft.wait_for_recovery(Some(timeout)))
             .await
             .map(|_| ())
             .map_err(|e| format!("raft did not recover its applied state: {e}"))
+    }
+
+    /// Runs `f` with a seed for openraft's randomness: anything openraft starts from a task of
+    /// ours draws from it (every such call goes through here).
+    fn scoped<F: std::future::Future>(&self, f: F) -> impl std::future::Future<Output = F::Output> {
+        let seed = self
+            .seeds
+            .fetch_add(0x9e37_79b9_7f4a_7c15, Ordering::Relaxed);
+        Runtime::scope(seed, f)
     }
 
     /// This node's id.
@@ -371,8 +393,11 @@ impl RaftNode {
         cmd: Command,
         deadline: tokio::time::Instant,
     ) -> Result<Proposed, ProposeError> {
-        let written =
-            tokio::time::timeout_at(deadline, self.raft.client_write(Request(cmd.clone()))).await;
+        let written = tokio::time::timeout_at(
+            deadline,
+            self.scoped(self.raft.client_write(Request(cmd.clone()))),
+        )
+        .await;
         let written = written.map_err(|_| {
             ProposeError::Indeterminate(format!(
                 "the write did not commit within {:?}",
@@ -394,7 +419,9 @@ impl RaftNode {
     /// may make (expiries), and for the receiving end of a forwarded proposal.
     pub async fn propose_local(&self, cmd: Command) -> Result<Proposed, ProposeError> {
         let deadline = tokio::time::Instant::now() + self.write_timeout;
-        let written = tokio::time::timeout_at(deadline, self.raft.client_write(Request(cmd))).await;
+        let written =
+            tokio::time::timeout_at(deadline, self.scoped(self.raft.client_write(Request(cmd))))
+                .await;
         let written = written.map_err(|_| {
             ProposeError::Indeterminate(format!(
                 "the write did not commit within {:?}",
@@ -505,8 +532,10 @@ impl RaftNode {
     /// after it is linearizable. Returns the read index.
     pub async fn linearize(&self) -> Result<u64, ProposeError> {
         let index = match self
-            .raft
-            .ensure_linearizable(openraft::ReadPolicy::ReadIndex)
+            .scoped(
+                self.raft
+                    .ensure_linearizable(openraft::ReadPolicy::ReadIndex),
+            )
             .await
         {
             Ok(read) => return Ok(read.index()),
@@ -522,15 +551,15 @@ impl RaftNode {
             Err(RaftError::APIError(e)) => return Err(ProposeError::Unavailable(e.to_string())),
             Err(RaftError::Fatal(e)) => return Err(ProposeError::Unavailable(e.to_string())),
         };
-        self.raft
-            .wait(Some(self.write_timeout))
-            .applied_index_at_least(Some(index), "consistent read")
-            .await
-            .map_err(|e| {
-                ProposeError::Unavailable(format!(
-                    "did not catch up to the read index {index}: {e}"
-                ))
-            })?;
+        self.scoped(
+            self.raft
+                .wait(Some(self.write_timeout))
+                .applied_index_at_least(Some(index), "consistent read"),
+        )
+        .await
+        .map_err(|e| {
+            ProposeError::Unavailable(format!("did not catch up to the read index {index}: {e}"))
+        })?;
         Ok(index)
     }
 
@@ -574,16 +603,17 @@ impl RaftNode {
         match change {
             MemberChange::Add { id, addr, voter } => {
                 // Blocks until the learner has caught up (by snapshot when it is far behind).
-                self.raft
-                    .add_learner(id, BasicNode::new(&addr), true)
+                self.scoped(self.raft.add_learner(id, BasicNode::new(&addr), true))
                     .await
                     .map_err(refused)?;
                 if voter {
                     let ids = std::collections::BTreeSet::from([id]);
-                    self.raft
-                        .change_membership(openraft::ChangeMembers::AddVoterIds(ids), false)
-                        .await
-                        .map_err(refused)?;
+                    self.scoped(
+                        self.raft
+                            .change_membership(openraft::ChangeMembers::AddVoterIds(ids), false),
+                    )
+                    .await
+                    .map_err(refused)?;
                 }
                 tracing::info!(id, %addr, voter, "member added");
             }
@@ -599,8 +629,7 @@ impl RaftNode {
                 } else {
                     openraft::ChangeMembers::RemoveNodes(ids)
                 };
-                self.raft
-                    .change_membership(change, false)
+                self.scoped(self.raft.change_membership(change, false))
                     .await
                     .map_err(refused)?;
                 tracing::info!(id, "member removed");
@@ -619,7 +648,7 @@ impl RaftNode {
             "append" => {
                 let rpc: openraft::raft::AppendEntriesRequest<TypeConfig> =
                     serde_json::from_slice(body).map_err(|e| format!("bad append request: {e}"))?;
-                let r = self.raft.append_entries(rpc).await;
+                let r = self.scoped(self.raft.append_entries(rpc)).await;
                 if r.is_ok() {
                     self.last_contact.store(self.mono_ms(), Ordering::Release);
                 }
@@ -628,11 +657,13 @@ impl RaftNode {
             "vote" => {
                 let rpc: openraft::raft::VoteRequest<TypeConfig> =
                     serde_json::from_slice(body).map_err(|e| format!("bad vote request: {e}"))?;
-                answer(self.raft.vote(rpc).await)
+                answer(self.scoped(self.raft.vote(rpc)).await)
             }
             "snapshot" => {
                 let (vote, snapshot) = decode_snapshot_rpc(body)?;
-                let r = self.raft.install_full_snapshot(vote, snapshot).await;
+                let r = self
+                    .scoped(self.raft.install_full_snapshot(vote, snapshot))
+                    .await;
                 if r.is_ok() {
                     self.last_contact.store(self.mono_ms(), Ordering::Release);
                 }
@@ -698,9 +729,7 @@ impl RaftNode {
 
     /// Forces a snapshot now (and the purge that follows it).
     pub async fn snapshot(&self) -> Result<(), String> {
-        self.raft
-            .trigger()
-            .snapshot()
+        self.scoped(self.raft.trigger().snapshot())
             .await
             .map_err(|e| e.to_string())
     }
@@ -708,7 +737,7 @@ impl RaftNode {
     /// Stops Raft; pending proposals fail.
     pub async fn shutdown(&self) {
         self.refresher.abort();
-        if let Err(e) = self.raft.shutdown().await {
+        if let Err(e) = self.scoped(self.raft.shutdown()).await {
             tracing::warn!(error = %e, "raft did not shut down cleanly");
         }
     }

@@ -105,6 +105,8 @@ pub struct Store {
     db: Arc<Database>,
     tx: Arc<Writer>,
     stats: Arc<StoreStats>,
+    /// Commit in the caller instead of the writer thread (the in-memory store of simulations).
+    inline: bool,
 }
 
 struct Writer {
@@ -150,7 +152,26 @@ impl Store {
             source,
         })?;
         let db = Database::create(dir.join(DB_FILE)).map_err(StoreError::redb)?;
-        // Make sure both tables exist so that reads never see "table does not exist".
+        Self::with_db(db, false)
+    }
+
+    /// A store in memory (redb's in-memory backend) that commits each submission in the
+    /// caller, before `submit` returns: nothing runs on another thread, so a simulation on a
+    /// single-threaded runtime stays deterministic. Clones share the data, which outlives any
+    /// one user: dropping a simulated node and opening it again on a clone models a crash
+    /// (everything acknowledged is there, nothing else).
+    pub fn in_memory_inline() -> Result<Store, StoreError> {
+        let db = Database::builder()
+            .create_with_backend(redb::backends::InMemoryBackend::new())
+            .map_err(StoreError::redb)?;
+        Ok(Self::with_db(db, true)?.0)
+    }
+
+    fn with_db(
+        db: Database,
+        inline: bool,
+    ) -> Result<(Store, mpsc::Receiver<Submission>), StoreError> {
+        // Make sure every table exists so that reads never see "table does not exist".
         let txn = db.begin_write().map_err(StoreError::redb)?;
         txn.open_table(LOG).map_err(StoreError::redb)?;
         txn.open_table(META).map_err(StoreError::redb)?;
@@ -165,6 +186,7 @@ impl Store {
             db: Arc::new(db),
             tx: Arc::new(writer),
             stats: Arc::default(),
+            inline,
         };
         Ok((store, rx))
     }
@@ -185,6 +207,17 @@ impl Store {
 
     /// Queues writes; `done` runs on the writer thread once they are durable (or failed).
     pub fn submit(&self, writes: Vec<Write>, done: Done) {
+        if self.inline {
+            let mut entries = 0;
+            let result = commit(&self.db, writes.iter(), &mut entries);
+            if result.is_ok() {
+                self.stats.commits.fetch_add(1, Ordering::Relaxed);
+                self.stats.submissions.fetch_add(1, Ordering::Relaxed);
+                self.stats.entries.fetch_add(entries, Ordering::Relaxed);
+            }
+            done(result.map_err(Arc::new));
+            return;
+        }
         let sub = Submission { writes, done };
         let sent = match self.tx.tx.lock() {
             Ok(tx) => match tx.as_ref() {

@@ -77,3 +77,19 @@ fn a_bad_data_dir_is_a_clear_error() {
         "{err}"
     );
 }
+
+#[test]
+fn the_in_memory_store_commits_inline_and_clones_share_data() {
+    let store = Store::in_memory_inline().unwrap();
+    let (tx, rx) = mpsc::channel();
+    store.submit(
+        vec![Write::Append(vec![entry(1), entry(2)])],
+        Box::new(move |r| tx.send(r.is_ok()).unwrap()),
+    );
+    assert_eq!(rx.try_recv(), Ok(true), "committed before submit returned");
+    let again = store.clone();
+    drop(store);
+    assert_eq!(again.read_log(..).unwrap(), vec![entry(1), entry(2)]);
+    again.write_blocking(vec![Write::TruncateFrom(2)]).unwrap();
+    assert_eq!(again.log_bounds().unwrap(), Some((1, 1)));
+}

@@ -172,6 +172,7 @@ impl Leases {
             let leading_term = *leadership.borrow_and_update();
             let Some(term) = leading_term else {
                 tokio::select! {
+                    biased;
                     _ = leadership.changed() => {}
                     _ = shutdown.changed() => {}
                 }
@@ -224,6 +225,7 @@ impl Leases {
             let target = next.unwrap_or(u64::MAX).min(now + MAX_SLEEP_MS);
             self.sleeping_until.store(target, Ordering::Release);
             tokio::select! {
+                    biased;
                 _ = tokio::time::sleep_until(self.epoch + Duration::from_millis(target)) => {}
                 _ = self.wake.notified() => {}
                 _ = leadership.changed() => {}

@@ -10,6 +10,8 @@ pub mod hub;
 pub mod leases;
 pub mod metrics;
 pub mod raft;
+#[cfg(feature = "sim")]
+pub mod sim;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -27,13 +29,22 @@ use crate::metrics::{InstanceLabels, Metrics};
 use crate::raft::{ApplyObserver, RaftNode, RaftSettings};
 
 /// Feeds every applied change to the views, the lease table and the metrics.
-struct Applier {
+pub struct Applier {
     hub: Arc<Hub>,
     leases: Arc<Leases>,
     metrics: Arc<Metrics>,
 }
 
 impl Applier {
+    /// Feeds `hub`, `leases` and `metrics`.
+    pub fn new(hub: Arc<Hub>, leases: Arc<Leases>, metrics: Arc<Metrics>) -> Self {
+        Applier {
+            hub,
+            leases,
+            metrics,
+        }
+    }
+
     fn count(&self, views: &[Arc<hub::ServiceView>]) {
         for view in views {
             for (status, n) in Status::ALL
@@ -156,6 +167,7 @@ impl Server {
             joining: cfg.join.is_some(),
             write_timeout: config.write_timeout,
             seed: None,
+            transport: raft::Transport::Http,
         };
         let raft = Arc::new(RaftNode::start(&settings, store.clone(), applier).await?);
         let (shutdown, shutdown_rx) = watch::channel(false);

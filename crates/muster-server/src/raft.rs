@@ -25,7 +25,7 @@ use muster_store::Store;
 use openraft::alias::{SnapshotMetaOf, SnapshotOf, VoteOf};
 use openraft::async_runtime::WatchReceiver;
 use openraft::errors::{ClientWriteError, RaftError};
-use openraft::{BasicNode, Config, Raft, ServerState, SnapshotPolicy};
+use openraft::{BasicNode, Config, Instant as _, Raft, ServerState, SnapshotPolicy};
 use serde::{Deserialize, Serialize};
 
 pub(crate) use log_store::LogStore;
@@ -103,6 +103,18 @@ pub struct RaftSettings {
     pub write_timeout: Duration,
     /// Seed of openraft's randomness; `None` draws one from the OS (production).
     pub seed: Option<u64>,
+    /// How Raft messages travel.
+    pub transport: Transport,
+}
+
+/// How Raft messages travel between nodes.
+#[derive(Clone, Debug)]
+pub enum Transport {
+    /// HTTP to each member's advertised address.
+    Http,
+    /// The in-process network of a simulation.
+    #[cfg(feature = "sim")]
+    Sim(Arc<crate::sim::SimNet>),
 }
 
 /// Why a proposal (or a consistent read) did not go through.
@@ -244,6 +256,8 @@ pub struct RaftNode {
     http: reqwest::Client,
     /// Seeds for openraft's randomness in work started from our tasks (see [`Runtime`]).
     seeds: AtomicU64,
+    /// How recently a quorum must have confirmed this leader for it to renew leases.
+    lease_window: Duration,
     write_timeout: Duration,
 }
 
@@ -281,15 +295,14 @@ impl RaftNode {
             LogStore::open(store.clone()).map_err(|e| format!("cannot open the raft log: {e}"))?;
         let sm = StateMachine::new(store, observer);
         let seed = settings.seed.unwrap_or_else(rand::random);
+        let network = match &settings.transport {
+            Transport::Http => network::Network::http()?,
+            #[cfg(feature = "sim")]
+            Transport::Sim(net) => network::Network::sim(net.clone(), settings.node_id),
+        };
         let raft = Runtime::scope(
             seed,
-            Raft::new(
-                settings.node_id,
-                Arc::new(config),
-                network::Network::new()?,
-                log,
-                sm.clone(),
-            ),
+            Raft::new(settings.node_id, Arc::new(config), network, log, sm.clone()),
         )
         .await
         .map_err(|e| format!("cannot start raft: {e}"))?;
@@ -346,6 +359,7 @@ impl RaftNode {
             http,
             write_timeout: settings.write_timeout,
             seeds: AtomicU64::new(seed.wrapping_mul(3)),
+            lease_window: settings.election_timeout_min,
         })
     }
 
@@ -682,6 +696,25 @@ impl RaftNode {
         self.sm.read(f)
     }
 
+    /// Whether this node leads and a quorum confirmed it within the shortest election timeout
+    /// (a one-voter cluster confirms itself). A leader that cannot say so (just restored after a
+    /// restart, or cut off from its followers) may already have been replaced: it must not
+    /// acknowledge what only the real leader can promise, such as a lease renewal.
+    pub fn leads_with_quorum(&self) -> bool {
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow_watched();
+        if m.state != ServerState::Leader {
+            return false;
+        }
+        let mut voters = m.membership_config.voter_ids();
+        if voters.next() == Some(self.node_id) && voters.next().is_none() {
+            return true;
+        }
+        m.last_quorum_acked
+            .as_ref()
+            .is_some_and(|t| t.elapsed() < self.lease_window)
+    }
+
     /// Whether this node currently leads (as of the last metrics change).
     pub fn is_leader(&self) -> bool {
         self.cached.load().role == "Leader"
@@ -724,6 +757,9 @@ impl RaftNode {
     pub fn status(&self) -> ClusterStatus {
         let mut status = status_of(self.node_id, &self.raft.metrics().borrow_watched());
         status.last_contact_ms = self.last_contact_ms();
+        // openraft's metrics learn of an apply after the client has its answer; the state
+        // machine's own index does not lag.
+        status.last_applied = status.last_applied.max(self.read(|r| r.index()));
         status
     }
 

@@ -23,15 +23,30 @@ use super::TypeConfig;
 /// Path prefix of the Raft RPCs.
 pub(crate) const RPC_PREFIX: &str = "/internal/raft";
 
-/// Creates clients for peers, one connection pool per purpose.
+/// How RPCs reach peers.
+#[derive(Clone)]
+pub(crate) enum Transport {
+    /// HTTP, one connection pool per purpose.
+    Http {
+        replication: reqwest::Client,
+        heartbeat: reqwest::Client,
+        snapshot: reqwest::Client,
+    },
+    /// The in-process network of a simulation.
+    #[cfg(feature = "sim")]
+    Sim {
+        net: std::sync::Arc<crate::sim::SimNet>,
+        from: u64,
+    },
+}
+
+/// Creates clients for peers.
 pub(crate) struct Network {
-    replication: reqwest::Client,
-    heartbeat: reqwest::Client,
-    snapshot: reqwest::Client,
+    transport: Transport,
 }
 
 impl Network {
-    pub(crate) fn new() -> Result<Self, String> {
+    pub(crate) fn http() -> Result<Self, String> {
         let build = || {
             reqwest::Client::builder()
                 .connect_timeout(Duration::from_secs(1))
@@ -40,10 +55,49 @@ impl Network {
                 .map_err(|e| format!("cannot build the raft HTTP client: {e}"))
         };
         Ok(Network {
-            replication: build()?,
-            heartbeat: build()?,
-            snapshot: build()?,
+            transport: Transport::Http {
+                replication: build()?,
+                heartbeat: build()?,
+                snapshot: build()?,
+            },
         })
+    }
+
+    #[cfg(feature = "sim")]
+    pub(crate) fn sim(net: std::sync::Arc<crate::sim::SimNet>, from: u64) -> Self {
+        Network {
+            transport: Transport::Sim { net, from },
+        }
+    }
+
+    fn client(&self, target: u64, node: &BasicNode, pick: fn(&Transport) -> Link) -> PeerClient {
+        PeerClient {
+            target,
+            addr: node.addr.trim_end_matches('/').to_string(),
+            link: pick(&self.transport),
+        }
+    }
+}
+
+/// The way to one peer.
+enum Link {
+    Http(reqwest::Client),
+    #[cfg(feature = "sim")]
+    Sim(std::sync::Arc<crate::sim::SimNet>, u64),
+}
+
+fn pick(
+    t: &Transport,
+    purpose: fn(&reqwest::Client, &reqwest::Client, &reqwest::Client) -> reqwest::Client,
+) -> Link {
+    match t {
+        Transport::Http {
+            replication,
+            heartbeat,
+            snapshot,
+        } => Link::Http(purpose(replication, heartbeat, snapshot)),
+        #[cfg(feature = "sim")]
+        Transport::Sim { net, from } => Link::Sim(net.clone(), *from),
     }
 }
 
@@ -51,47 +105,59 @@ impl Network {
 pub(crate) struct PeerClient {
     target: u64,
     addr: String,
-    http: reqwest::Client,
+    link: Link,
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = PeerClient;
 
     async fn new_client(&mut self, target: u64, node: &BasicNode) -> PeerClient {
-        PeerClient {
-            target,
-            addr: node.addr.trim_end_matches('/').to_string(),
-            http: self.replication.clone(),
-        }
+        self.client(target, node, |t| pick(t, |r, _, _| r.clone()))
     }
 
     async fn new_heartbeat_client(&mut self, target: u64, node: &BasicNode) -> PeerClient {
-        PeerClient {
-            target,
-            addr: node.addr.trim_end_matches('/').to_string(),
-            http: self.heartbeat.clone(),
-        }
+        self.client(target, node, |t| pick(t, |_, h, _| h.clone()))
     }
 
     async fn new_snapshot_client(&mut self, target: u64, node: &BasicNode) -> PeerClient {
-        PeerClient {
-            target,
-            addr: node.addr.trim_end_matches('/').to_string(),
-            http: self.snapshot.clone(),
-        }
+        self.client(target, node, |t| pick(t, |_, _, s| s.clone()))
     }
 }
 
 impl PeerClient {
-    async fn call<Resp: DeserializeOwned>(
+    /// Sends one RPC and returns the peer's raw answer.
+    async fn exchange(
         &self,
         what: &str,
         body: Vec<u8>,
         timeout: Duration,
-    ) -> Result<Resp, RPCError<TypeConfig>> {
+    ) -> Result<Vec<u8>, RPCError<TypeConfig>> {
+        match &self.link {
+            Link::Http(http) => self.exchange_http(http, what, body, timeout).await,
+            #[cfg(feature = "sim")]
+            Link::Sim(net, from) => {
+                tokio::time::timeout(timeout, net.deliver(*from, self.target, what, body))
+                    .await
+                    .map_err(|_| {
+                        RPCError::Unreachable(Unreachable::from_string(format!(
+                            "node {}: timed out",
+                            self.target
+                        )))
+                    })?
+                    .map_err(|e| RPCError::Unreachable(Unreachable::from_string(e)))
+            }
+        }
+    }
+
+    async fn exchange_http(
+        &self,
+        http: &reqwest::Client,
+        what: &str,
+        body: Vec<u8>,
+        timeout: Duration,
+    ) -> Result<Vec<u8>, RPCError<TypeConfig>> {
         let url = format!("{}{RPC_PREFIX}/{what}", self.addr);
-        let sent = self
-            .http
+        let sent = http
             .post(&url)
             .header("content-type", "application/json")
             .body(body)
@@ -120,6 +186,16 @@ impl PeerClient {
                 String::from_utf8_lossy(&bytes)
             ))));
         }
+        Ok(bytes.to_vec())
+    }
+
+    async fn call<Resp: DeserializeOwned>(
+        &self,
+        what: &str,
+        body: Vec<u8>,
+        timeout: Duration,
+    ) -> Result<Resp, RPCError<TypeConfig>> {
+        let bytes = self.exchange(what, body, timeout).await?;
         // The peer answers `Result<Resp, String>`; an error there means its Raft cannot serve.
         match serde_json::from_slice::<Result<Resp, String>>(&bytes) {
             Ok(Ok(r)) => Ok(r),

@@ -47,6 +47,42 @@ async fn the_cluster_survives_a_leader_kill_under_load() {
         (200, Some("w1"))
     );
 
+    // Watches and blocking queries on a follower see writes made through another node.
+    let watcher = c.node(followers[1]);
+    let mut sse = watcher.watch("service=web").await;
+    assert_eq!(sse.next().await.event, "snapshot");
+    let (_, before) = watcher.get("/v1/services/web").await;
+    let seen = before["index"].as_u64().unwrap();
+    let blocked = {
+        let (http, url) = (
+            watcher.http.clone(),
+            watcher.url(&format!("/v1/services/web?index={seen}&wait=30s")),
+        );
+        tokio::spawn(async move { http.get(&url).send().await.unwrap().bytes().await.unwrap() })
+    };
+    let written = c
+        .node(leader)
+        .register("web", "w2", json!({"leaseTtl": "1h"}))
+        .await;
+    let e = sse.next().await;
+    assert_eq!(
+        (
+            e.event.as_str(),
+            e.id,
+            e.data["instance"]["instanceId"].as_str()
+        ),
+        ("upsert", Some(written), Some("w2"))
+    );
+    let woke: serde_json::Value = serde_json::from_slice(
+        &tokio::time::timeout(Duration::from_secs(10), blocked)
+            .await
+            .unwrap()
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(woke["index"].as_u64(), Some(written));
+    drop(sse);
+
     // Steady load on both followers; an instance heartbeats through a follower meanwhile.
     let acked = Arc::new(Mutex::new(BTreeSet::new()));
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));

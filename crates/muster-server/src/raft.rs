@@ -131,6 +131,10 @@ pub enum ProposeError {
     /// Raft has stopped (storage failure or shutdown), or the leader could not be reached.
     #[error("consensus is unavailable: {0}")]
     Unavailable(String),
+    /// The leader this node knows could not be connected to (it may have died; an election
+    /// follows): nothing was delivered.
+    #[error("{0}")]
+    LeaderUnreachable(String),
     /// The request was refused (e.g. a membership change that is not allowed).
     #[error("{0}")]
     Refused(String),
@@ -393,7 +397,9 @@ impl RaftNode {
         let deadline = tokio::time::Instant::now() + self.write_timeout;
         loop {
             match self.propose_once(cmd.clone(), deadline).await {
-                Err(ProposeError::NoLeader) if tokio::time::Instant::now() < deadline => {
+                Err(ProposeError::NoLeader | ProposeError::LeaderUnreachable(_))
+                    if tokio::time::Instant::now() < deadline =>
+                {
                     tokio::time::sleep(ELECTION_POLL.min(deadline - tokio::time::Instant::now()))
                         .await;
                 }
@@ -524,6 +530,11 @@ impl RaftNode {
                 if e.is_timeout() {
                     ProposeError::Indeterminate(format!(
                         "the leader at {leader} did not answer in time"
+                    ))
+                } else if e.is_connect() {
+                    // Nothing was delivered: safe to send again once a leader is known.
+                    ProposeError::LeaderUnreachable(format!(
+                        "cannot reach the leader at {leader}: {e}"
                     ))
                 } else {
                     ProposeError::Unavailable(format!("cannot reach the leader at {leader}: {e}"))

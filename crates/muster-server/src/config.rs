@@ -217,6 +217,43 @@ impl Config {
                 }
             }
         }
+        let mut urls: Vec<&String> = peers.values().collect();
+        urls.sort();
+        if urls.windows(2).any(|w| w[0] == w[1]) {
+            return Err(err(
+                "peers",
+                "two peers share one URL: every node needs its own address",
+            ));
+        }
+        let unspecified = |a: &str| a.contains("://0.0.0.0") || a.contains("://[::]");
+        if let Some(u) = peers.values().find(|u| unspecified(u)) {
+            return Err(err(
+                "peers",
+                format!("{u:?} is not an address others can reach"),
+            ));
+        }
+        let clustered = !peers.is_empty() || self.join.is_some();
+        if clustered
+            && self.advertise_addr.is_none()
+            && peers.is_empty()
+            && self.http_addr.ip().is_unspecified()
+        {
+            return Err(err(
+                "advertise_addr",
+                format!(
+                    "joining a cluster while listening on {} needs --advertise-addr: the address others reach this node at",
+                    self.http_addr
+                ),
+            ));
+        }
+        if let Some(a) = &self.advertise_addr
+            && unspecified(a)
+        {
+            return Err(err(
+                "advertise_addr",
+                format!("{a:?} is not an address others can reach"),
+            ));
+        }
         if !peers.is_empty() && !peers.contains_key(&self.node_id) {
             return Err(err(
                 "peers",
@@ -289,6 +326,12 @@ mod tests {
             ("join = \"a:1\"", "join"),
             ("peers = [\"1=http://a:1\"]\njoin = \"http://b:1\"", "join"),
             ("write_timeout = \"1h\"", "write_timeout"),
+            ("peers = [\"1=http://a:1\", \"2=http://a:1\"]", "peers"),
+            ("peers = [\"1=http://0.0.0.0:1\"]", "peers"),
+            (
+                "http_addr = \"0.0.0.0:7070\"\njoin = \"http://b:1\"",
+                "advertise_addr",
+            ),
         ];
         for (text, key) in cases {
             let e = toml::from_str::<Config>(text)

@@ -310,14 +310,14 @@ pub(super) async fn renew_local(
 ) -> Result<String, ApiError> {
     // A stale leader's acknowledgement would promise nothing: renew only while a quorum has
     // confirmed this node's leadership lately.
-    if !app.raft.leads_with_quorum() {
+    let Some(term) = app.raft.leading_term() else {
         return Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "no_leader",
             "this node's leadership is not confirmed by a quorum right now; heartbeat again",
         ));
-    }
-    let renewed = app.leases.renew(id);
+    };
+    let renewed = app.leases.renew(id, term);
     let result = match renewed {
         Ok(_) => "ok",
         Err(RenewError::Lapsed) => "expired",

@@ -27,6 +27,8 @@ const MAX_SLEEP_MS: u64 = 1000;
 /// Lease deadlines and the sweeper's wake-up.
 pub struct Leases {
     table: Mutex<LeaseTable>,
+    /// The term whose leader last re-armed every lease (always taken after `table`).
+    armed_term: Mutex<Option<u64>>,
     epoch: Instant,
     wake: Notify,
     sleeping_until: AtomicU64,
@@ -52,6 +54,7 @@ impl Leases {
     pub fn new() -> Self {
         Leases {
             table: Mutex::new(LeaseTable::new()),
+            armed_term: Mutex::new(None),
             epoch: Instant::now(),
             wake: Notify::new(),
             sleeping_until: AtomicU64::new(u64::MAX),
@@ -134,11 +137,29 @@ impl Leases {
         self.lock().is_lapsed(id, now)
     }
 
-    /// Renews a lease; returns when it now runs out.
-    pub fn renew(&self, id: &str) -> Result<SystemTime, RenewError> {
+    /// Renews a lease on behalf of the leader of `term`; returns when it now runs out. The
+    /// first call of a term (here or in the sweeper) re-arms every lease first.
+    pub fn renew(&self, id: &str, term: u64) -> Result<SystemTime, RenewError> {
         let now = self.now();
-        let deadline = self.lock().renew(id, now)?;
+        let mut table = self.lock();
+        self.ensure_armed(&mut table, term, now);
+        let deadline = table.renew(id, now)?;
         Ok(self.to_wall(deadline, now))
+    }
+
+    /// Gives every lease a full TTL, once per term of office: until now renewals went to
+    /// another node, or nowhere.
+    fn ensure_armed(&self, table: &mut LeaseTable, term: u64, now: u64) {
+        let mut armed = self.armed_term.lock().unwrap_or_else(|p| p.into_inner());
+        if *armed != Some(term) {
+            table.arm_all(now);
+            *armed = Some(term);
+            tracing::info!(
+                term,
+                leases = table.len(),
+                "leading: every lease re-armed with a full TTL"
+            );
+        }
     }
 
     /// Last renewal and deadline of one lease.
@@ -164,31 +185,32 @@ impl Leases {
         mut shutdown: watch::Receiver<bool>,
     ) {
         let mut leadership = raft.leadership();
-        let mut armed_term = None;
         loop {
             if *shutdown.borrow() {
                 return;
             }
-            let leading_term = *leadership.borrow_and_update();
-            let Some(term) = leading_term else {
+            if leadership.borrow_and_update().is_none() {
                 tokio::select! {
                     biased;
                     _ = leadership.changed() => {}
                     _ = shutdown.changed() => {}
                 }
                 continue;
+            }
+            // Leading, but not yet for leases (no quorum confirmation, or an earlier leader's
+            // entries still to apply): look again shortly.
+            let Some(term) = raft.leading_term() else {
+                tokio::select! {
+                    biased;
+                    _ = tokio::time::sleep(Duration::from_millis(25)) => {}
+                    _ = shutdown.changed() => {}
+                }
+                continue;
             };
-            if armed_term != Some(term) {
-                // Once per term of office: until now renewals went to another node, or nowhere.
+            {
                 let now = self.now();
                 let mut table = self.lock();
-                table.arm_all(now);
-                armed_term = Some(term);
-                tracing::info!(
-                    term,
-                    leases = table.len(),
-                    "leading: every lease re-armed with a full TTL"
-                );
+                self.ensure_armed(&mut table, term, now);
             }
             let now = self.now();
             let (lapsed, next) = {

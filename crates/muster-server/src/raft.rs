@@ -262,6 +262,8 @@ pub struct RaftNode {
     seeds: AtomicU64,
     /// How recently a quorum must have confirmed this leader for it to renew leases.
     lease_window: Duration,
+    /// Check a new member's node id at its address first (off on the simulated network).
+    verify_members: bool,
     write_timeout: Duration,
 }
 
@@ -364,6 +366,7 @@ impl RaftNode {
             write_timeout: settings.write_timeout,
             seeds: AtomicU64::new(seed.wrapping_mul(3)),
             lease_window: settings.election_timeout_min,
+            verify_members: matches!(settings.transport, Transport::Http),
         })
     }
 
@@ -627,6 +630,9 @@ impl RaftNode {
         };
         match change {
             MemberChange::Add { id, addr, voter } => {
+                if self.verify_members {
+                    self.verify_member(id, &addr).await?;
+                }
                 // Blocks until the learner has caught up (by snapshot when it is far behind).
                 self.scoped(self.raft.add_learner(id, BasicNode::new(&addr), true))
                     .await
@@ -663,9 +669,42 @@ impl RaftNode {
         Ok(self.status())
     }
 
-    /// Answers one Raft RPC from a peer: `what` is `append`, `vote` or `snapshot`; the answer is
-    /// the JSON of `Result<response, String>`.
-    pub async fn handle_rpc(&self, what: &str, body: &[u8]) -> Result<Vec<u8>, String> {
+    /// Asks the node at `addr` which node it is: adding an address that reaches another node
+    /// (or this one) would count one node's votes twice.
+    async fn verify_member(&self, id: u64, addr: &str) -> Result<(), ProposeError> {
+        let url = format!("{}/v1/cluster", addr.trim_end_matches('/'));
+        let refused = |m: String| ProposeError::Refused(m);
+        let resp = self
+            .http
+            .get(&url)
+            .timeout(Duration::from_secs(2))
+            .send()
+            .await
+            .map_err(|e| refused(format!("cannot reach node {id} at {addr}: {e}")))?;
+        let bytes = resp
+            .bytes()
+            .await
+            .map_err(|e| refused(format!("node {id} at {addr}: {e}")))?;
+        let status: ClusterStatus = serde_json::from_slice(&bytes)
+            .map_err(|e| refused(format!("{addr} does not answer like a muster node: {e}")))?;
+        if status.node_id != id {
+            return Err(refused(format!(
+                "{addr} is node {}, not node {id}",
+                status.node_id
+            )));
+        }
+        Ok(())
+    }
+
+    /// Answers one Raft RPC meant for node `to` (refused unless that is this node): `what` is
+    /// `append`, `vote` or `snapshot`; the answer is the JSON of `Result<response, String>`.
+    pub async fn handle_rpc(&self, to: u64, what: &str, body: &[u8]) -> Result<Vec<u8>, String> {
+        if to != self.node_id {
+            return Err(format!(
+                "this is node {}, not node {to}: a member's advertised address reaches the wrong node",
+                self.node_id
+            ));
+        }
         fn answer<T: Serialize, E: fmt::Display>(r: Result<T, E>) -> Result<Vec<u8>, String> {
             serde_json::to_vec(&r.map_err(|e| e.to_string())).map_err(|e| e.to_string())
         }
@@ -712,18 +751,29 @@ impl RaftNode {
     /// restart, or cut off from its followers) may already have been replaced: it must not
     /// acknowledge what only the real leader can promise, such as a lease renewal.
     pub fn leads_with_quorum(&self) -> bool {
+        self.leading_term().is_some()
+    }
+
+    /// The term this node leads in, if it may act as leader for leases now: it leads, a quorum
+    /// confirmed it within the shortest election timeout (a one-voter cluster confirms itself),
+    /// and it has applied an entry of its own term, so that every entry of earlier leaders
+    /// (an expiry one of them decided included) is applied before it acknowledges anything.
+    pub fn leading_term(&self) -> Option<u64> {
         let metrics = self.raft.metrics();
         let m = metrics.borrow_watched();
         if m.state != ServerState::Leader {
-            return false;
+            return None;
+        }
+        if m.last_applied.map(|l| l.leader_id.term) != Some(m.current_term) {
+            return None;
         }
         let mut voters = m.membership_config.voter_ids();
-        if voters.next() == Some(self.node_id) && voters.next().is_none() {
-            return true;
-        }
-        m.last_quorum_acked
-            .as_ref()
-            .is_some_and(|t| t.elapsed() < self.lease_window)
+        let alone = voters.next() == Some(self.node_id) && voters.next().is_none();
+        let confirmed = alone
+            || m.last_quorum_acked
+                .as_ref()
+                .is_some_and(|t| t.elapsed() < self.lease_window);
+        confirmed.then_some(m.current_term)
     }
 
     /// Whether this node currently leads (as of the last metrics change).

@@ -107,6 +107,7 @@ impl SimNet {
         &self,
         from: u64,
         to: u64,
+        intended: u64,
         what: &str,
         body: Vec<u8>,
     ) -> Result<Vec<u8>, String> {
@@ -123,7 +124,7 @@ impl SimNet {
             inner.nodes.get(&to).and_then(Weak::upgrade)
         };
         let target = target.ok_or_else(|| format!("node {to} is down"))?;
-        let answer = target.handle_rpc(what, &body).await?;
+        let answer = target.handle_rpc(intended, what, &body).await?;
         drop(target);
         tokio::time::sleep(self.delay(to, from)).await;
         if self.lock().blocked.contains(&(to, from)) {

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{Path, State};
+use axum::extract::{Path, RawQuery, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
@@ -50,15 +50,25 @@ fn body<T: DeserializeOwned + Default>(b: Result<Bytes, BytesRejection>) -> Resu
 async fn raft_rpc(
     State(app): AppRef,
     Path(what): Path<String>,
+    RawQuery(raw): RawQuery,
     b: Result<Bytes, BytesRejection>,
 ) -> Response {
+    let to =
+        match extract::query(raw.as_deref(), &["to"]).and_then(|p| extract::u64_param(&p, "to")) {
+            Ok(Some(to)) => to,
+            Ok(None) => {
+                return ApiError::bad_param("to", "a Raft RPC names its target node: ?to=<id>")
+                    .into_response();
+            }
+            Err(e) => return e.into_response(),
+        };
     let bytes = match b {
         Ok(bytes) => bytes,
         Err(e) => return extract::body_rejection(e).into_response(),
     };
-    match app.raft.handle_rpc(&what, &bytes).await {
+    match app.raft.handle_rpc(to, &what, &bytes).await {
         Ok(out) => bytes_response(StatusCode::OK, Bytes::from(out)),
-        Err(e) => ApiError::new(StatusCode::BAD_REQUEST, "invalid_body", e).into_response(),
+        Err(e) => ApiError::new(StatusCode::MISDIRECTED_REQUEST, "wrong_node", e).into_response(),
     }
 }
 

@@ -135,17 +135,18 @@ impl PeerClient {
         match &self.link {
             Link::Http(http) => self.exchange_http(http, what, body, timeout).await,
             #[cfg(feature = "sim")]
-            Link::Sim(net, from) => {
-                tokio::time::timeout(timeout, net.deliver(*from, self.target, what, body))
-                    .await
-                    .map_err(|_| {
-                        RPCError::Unreachable(Unreachable::from_string(format!(
-                            "node {}: timed out",
-                            self.target
-                        )))
-                    })?
-                    .map_err(|e| RPCError::Unreachable(Unreachable::from_string(e)))
-            }
+            Link::Sim(net, from) => tokio::time::timeout(
+                timeout,
+                net.deliver(*from, self.target, self.target, what, body),
+            )
+            .await
+            .map_err(|_| {
+                RPCError::Unreachable(Unreachable::from_string(format!(
+                    "node {}: timed out",
+                    self.target
+                )))
+            })?
+            .map_err(|e| RPCError::Unreachable(Unreachable::from_string(e))),
         }
     }
 
@@ -156,7 +157,9 @@ impl PeerClient {
         body: Vec<u8>,
         timeout: Duration,
     ) -> Result<Vec<u8>, RPCError<TypeConfig>> {
-        let url = format!("{}{RPC_PREFIX}/{what}", self.addr);
+        // The intended target travels with every RPC: a node reached at the wrong address (an
+        // unspecified or shared advertised address) refuses instead of answering for another.
+        let url = format!("{}{RPC_PREFIX}/{what}?to={}", self.addr, self.target);
         let sent = http
             .post(&url)
             .header("content-type", "application/json")

@@ -162,7 +162,12 @@ async fn simulate(seed: u64, config: &Config) -> Result<Vec<String>, String> {
         // Every step, the heartbeating instances renew through the majority side.
         if let Some(leader) = c.majority_leader() {
             for (id, beat) in history.beating.iter_mut() {
-                if c.nodes[&leader].leases.renew(id).is_ok() {
+                let node = &c.nodes[&leader];
+                if node
+                    .raft
+                    .leading_term()
+                    .is_some_and(|t| node.leases.renew(id, t).is_ok())
+                {
                     beat.renewed_ms = now_ms();
                 }
             }

@@ -158,7 +158,6 @@ fn path_id(p: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
 
 /// Adds `X-Muster-Index`, `X-Muster-Known-Leader` and `X-Muster-Last-Contact`.
 fn consistency_headers(app: &AppState, headers: &mut HeaderMap, index: u64) {
-    let status = app.raft.cached_status();
     let set = |h: &mut HeaderMap, name: &'static str, v: String| {
         if let Ok(v) = HeaderValue::from_str(&v) {
             h.insert(HeaderName::from_static(name), v);
@@ -168,7 +167,7 @@ fn consistency_headers(app: &AppState, headers: &mut HeaderMap, index: u64) {
     set(
         headers,
         "x-muster-known-leader",
-        status.leader_id.is_some().to_string(),
+        app.raft.knows_leader().to_string(),
     );
     if let Some(ms) = app.raft.last_contact_ms() {
         set(headers, "x-muster-last-contact", ms.to_string());
@@ -743,7 +742,7 @@ async fn healthz() -> Response {
 
 async fn readyz(State(app): AppRef) -> Response {
     let status = app.raft.cached_status();
-    if status.leader_id.is_some() {
+    if app.raft.knows_leader() {
         json_response(
             StatusCode::OK,
             &serde_json::json!({"status": "ready", "leader": status.leader_id}),
@@ -752,7 +751,7 @@ async fn readyz(State(app): AppRef) -> Response {
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "not_ready",
-            "no Raft leader is known",
+            "no leader confirmed by a quorum is known: this node may be cut off or an election is under way",
         )
         .into_response()
     }

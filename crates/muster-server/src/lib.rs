@@ -176,6 +176,7 @@ impl Server {
                 .clone()
                 .run_sweeper(raft.clone(), shutdown_rx.clone()),
         );
+        tokio::spawn(raft.clone().run_prober(shutdown_rx.clone()));
         let limits = Limits {
             max_instances_per_service: cfg.max_instances_per_service,
             max_instances: cfg.max_instances,

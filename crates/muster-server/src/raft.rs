@@ -253,8 +253,11 @@ pub struct RaftNode {
     /// The latest status, refreshed on every metrics change, for hot paths.
     cached: Arc<arc_swap::ArcSwap<ClusterStatus>>,
     refresher: tokio::task::JoinHandle<()>,
-    /// Monotonic milliseconds (since `epoch`) of the last append received from a leader.
+    /// Monotonic milliseconds (since `epoch`) when a follower last had its leader confirmed by
+    /// a quorum (a read-index round through it succeeded); `u64::MAX` for never.
     last_contact: AtomicU64,
+    /// A leader confirmed longer ago than this is not reported as known (headers, `/readyz`).
+    stale_after: Duration,
     epoch: tokio::time::Instant,
     /// Client for forwarding to the leader.
     http: reqwest::Client,
@@ -366,6 +369,7 @@ impl RaftNode {
             write_timeout: settings.write_timeout,
             seeds: AtomicU64::new(seed.wrapping_mul(3)),
             lease_window: settings.election_timeout_min,
+            stale_after: settings.election_timeout_max * 3,
             verify_members: matches!(settings.transport, Transport::Http),
         })
     }
@@ -712,11 +716,7 @@ impl RaftNode {
             "append" => {
                 let rpc: openraft::raft::AppendEntriesRequest<TypeConfig> =
                     serde_json::from_slice(body).map_err(|e| format!("bad append request: {e}"))?;
-                let r = self.scoped(self.raft.append_entries(rpc)).await;
-                if r.is_ok() {
-                    self.last_contact.store(self.mono_ms(), Ordering::Release);
-                }
-                answer(r)
+                answer(self.scoped(self.raft.append_entries(rpc)).await)
             }
             "vote" => {
                 let rpc: openraft::raft::VoteRequest<TypeConfig> =
@@ -725,13 +725,10 @@ impl RaftNode {
             }
             "snapshot" => {
                 let (vote, snapshot) = decode_snapshot_rpc(body)?;
-                let r = self
-                    .scoped(self.raft.install_full_snapshot(vote, snapshot))
-                    .await;
-                if r.is_ok() {
-                    self.last_contact.store(self.mono_ms(), Ordering::Release);
-                }
-                answer(r)
+                answer(
+                    self.scoped(self.raft.install_full_snapshot(vote, snapshot))
+                        .await,
+                )
             }
             other => Err(format!("unknown raft rpc {other:?}")),
         }
@@ -800,13 +797,61 @@ impl RaftNode {
         rx
     }
 
-    /// Milliseconds since this node last heard from a leader: 0 on the leader, `None` if never.
+    /// Milliseconds since a quorum last confirmed the leader this node follows (on the leader:
+    /// since a quorum last acknowledged it; 0 when it is the only voter). `None` if never.
+    /// Hearing from a leader is not enough: one cut off from the majority keeps sending.
     pub fn last_contact_ms(&self) -> Option<u64> {
-        if self.is_leader() {
-            return Some(0);
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow_watched();
+        if m.state == ServerState::Leader {
+            let mut voters = m.membership_config.voter_ids();
+            if voters.next() == Some(self.node_id) && voters.next().is_none() {
+                return Some(0);
+            }
+            return m
+                .last_quorum_acked
+                .as_ref()
+                .map(|t| u64::try_from(t.elapsed().as_millis()).unwrap_or(u64::MAX));
         }
         let at = self.last_contact.load(Ordering::Acquire);
         (at != u64::MAX).then(|| self.mono_ms().saturating_sub(at))
+    }
+
+    /// Whether a leader is known and was confirmed by a quorum lately (`X-Muster-Known-Leader`,
+    /// `/readyz`).
+    pub fn knows_leader(&self) -> bool {
+        self.cached_status().leader_id.is_some()
+            && self
+                .last_contact_ms()
+                .is_some_and(|ms| u128::from(ms) <= self.stale_after.as_millis())
+    }
+
+    /// On a follower, confirms its leader every 200 ms (50 ms while unconfirmed) with a read-index round (which the
+    /// leader answers only with a quorum behind it), for [`RaftNode::last_contact_ms`]. Runs
+    /// until `shutdown` turns true.
+    pub async fn run_prober(self: Arc<Self>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+        loop {
+            // Quickly while unconfirmed (after start, after an election), then at ease.
+            let confirmed = self.last_contact_ms().is_some_and(|ms| ms < 1_000);
+            let every = Duration::from_millis(if confirmed { 200 } else { 50 });
+            let status = self.cached_status();
+            if status.role != "Leader"
+                && let Some(leader) = status.leader_addr.clone()
+                && status.leader_id != Some(self.node_id)
+            {
+                let confirmed = self
+                    .forward_within::<_, u64>(&leader, "read-index", &(), self.stale_after)
+                    .await;
+                if confirmed.is_ok() {
+                    self.last_contact.store(self.mono_ms(), Ordering::Release);
+                }
+            }
+            tokio::select! {
+                biased;
+                _ = shutdown.changed() => return,
+                _ = tokio::time::sleep(every) => {}
+            }
+        }
     }
 
     /// Role, leader, term, progress and members, as of the last metrics change (cheap).

@@ -29,6 +29,23 @@ async fn the_cluster_survives_a_leader_kill_under_load() {
     let f = c.node(followers[0]);
     let index = f.register("web", "w1", json!({"leaseTtl": "3s"})).await;
     c.wait_applied(followers[1], index).await;
+    // A follower reports its leader as known once a quorum confirmed it (a read-index probe).
+    let mut known = false;
+    for _ in 0..100 {
+        let resp = c
+            .node(followers[1])
+            .http
+            .get(c.node(followers[1]).url("/v1/services/web"))
+            .send()
+            .await
+            .unwrap();
+        if resp.headers()["x-muster-known-leader"] == "true" {
+            known = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(known, "the follower never confirmed its leader");
     let resp = c
         .node(followers[1])
         .http
@@ -36,7 +53,6 @@ async fn the_cluster_survives_a_leader_kill_under_load() {
         .send()
         .await
         .unwrap();
-    assert_eq!(resp.headers()["x-muster-known-leader"], "true");
     assert!(resp.headers().contains_key("x-muster-last-contact"));
     let (status, v) = c
         .node(followers[1])
@@ -280,6 +296,31 @@ async fn a_node_joins_by_snapshot_and_is_removed() {
         .collect();
     assert_eq!(ids, [1, 2, 3]);
     drop(n4);
+
+    // An address that reaches another node is refused as a member, and a Raft RPC meant for
+    // another node is refused by the one it reached: no node can count twice.
+    let wrong = c.node(follower).base.clone();
+    let (status, v) = m
+        .post("/v1/cluster/members", json!({"id": 9, "addr": wrong}))
+        .await;
+    assert_eq!(
+        (status, v["error"]["code"].as_str()),
+        (409, Some("refused")),
+        "{v}"
+    );
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("not node 9"),
+        "{v}"
+    );
+    let (status, v) = m.post("/internal/raft/vote?to=99", json!({})).await;
+    assert_eq!(
+        (status, v["error"]["code"].as_str()),
+        (421, Some("wrong_node")),
+        "{v}"
+    );
 }
 
 #[tokio::test]

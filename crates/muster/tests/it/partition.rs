@@ -239,6 +239,19 @@ async fn an_isolated_leader_is_replaced_and_rejoins_without_losing_or_inventing_
     );
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("503"), "{err}");
+    // The isolated node marks itself stale: the last quorum confirmation of its leadership
+    // grows old (it still believes it leads: openraft keeps a leader without quorum in office).
+    let mut stale = false;
+    for _ in 0..50 {
+        let out = net.cli(old, &["cluster", "status"]);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        if v["lastContactMs"].as_u64().is_some_and(|ms| ms > 900) {
+            stale = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(stale, "the isolated node still reports a fresh leader");
     // Heartbeats go on through the majority side for longer than the lease.
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert!(

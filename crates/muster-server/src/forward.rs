@@ -146,6 +146,9 @@ async fn send(
                         metrics.forwarded_bytes.inc_by(size);
                         return Ok(results);
                     }
+                    // A slow answer from a live leader: renewals are idempotent, send again.
+                    Err(e @ ProposeError::Indeterminate(_)) => last_err = e,
+                    // Not (or no longer) reachable or leading: wait for another leader.
                     Err(e) => {
                         last_err = e;
                         failed = Some(leader);

@@ -178,7 +178,9 @@ async fn register(State(app): AppRef, body: Result<Bytes, BytesRejection>) -> Ap
     let req: RegisterRequest = extract::json(body, false)?;
     let (spec, want_healthy) = req.validate()?;
     // A registration over a lapsed lease must void the expiry that may already be in flight.
-    let revive = app.leases.is_lapsed(&spec.instance_id);
+    // The leader decides (a follower's table is not renewed); a forwarded command is
+    // re-decided by the leader that proposes it.
+    let revive = app.raft.is_leader() && app.leases.is_lapsed(&spec.instance_id);
     let cmd = Command::Register {
         spec: Box::new(spec),
         want_healthy,
@@ -250,7 +252,12 @@ async fn get_instance(
         .raft
         .read(|r| r.get(&id).cloned().map(|i| (i, r.index())))
         .ok_or_else(|| ApiError::unknown_instance(&id))?;
-    let times = app.leases.times(&id);
+    // Only the leader's table is renewed: elsewhere the lease times would be wrong.
+    let times = app
+        .raft
+        .is_leader()
+        .then(|| app.leases.times(&id))
+        .flatten();
     let body = InstanceWithLease {
         instance: &instance,
         last_heartbeat_at: times.map(|t| rfc3339(t.renewed_at)),

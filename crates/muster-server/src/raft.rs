@@ -434,7 +434,25 @@ impl RaftNode {
         match written {
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => match f.leader_node {
                 Some(leader) if f.leader_id != Some(self.node_id) => {
-                    self.forward(&leader.addr, "propose", &Request(cmd)).await
+                    let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                    let proposed: Proposed = self
+                        .forward_within(
+                            &leader.addr,
+                            "propose",
+                            &Request(cmd),
+                            left + Duration::from_millis(200),
+                        )
+                        .await?;
+                    // Read-your-write on this node too: wait (within the deadline) until it has
+                    // applied what the leader answered for.
+                    let _ = tokio::time::timeout_at(
+                        deadline,
+                        self.raft
+                            .wait(None)
+                            .applied_index_at_least(Some(proposed.index), "forwarded write"),
+                    )
+                    .await;
+                    Ok(proposed)
                 }
                 _ => Err(ProposeError::NoLeader),
             },
@@ -544,13 +562,15 @@ impl RaftNode {
                         "cannot reach the leader at {leader}: {e}"
                     ))
                 } else {
-                    ProposeError::Unavailable(format!("cannot reach the leader at {leader}: {e}"))
+                    // The request may have been delivered (and acted on) before this failed.
+                    ProposeError::Indeterminate(format!(
+                        "the exchange with the leader at {leader} broke: {e}"
+                    ))
                 }
             })?;
-        let bytes = resp
-            .bytes()
-            .await
-            .map_err(|e| ProposeError::Unavailable(e.to_string()))?;
+        let bytes = resp.bytes().await.map_err(|e| {
+            ProposeError::Indeterminate(format!("the leader's answer broke off: {e}"))
+        })?;
         match serde_json::from_slice::<Result<T, WireError>>(&bytes) {
             Ok(r) => r.map_err(ProposeError::from),
             Err(e) => Err(ProposeError::Unavailable(format!(

@@ -79,7 +79,11 @@ async fn propose(
     let bytes = b.map_err(extract::body_rejection)?;
     let req: Request = serde_json::from_slice(&bytes)
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_body", e.to_string()))?;
-    let cmd: Command = req.0;
+    let mut cmd: Command = req.0;
+    // Only the leader knows whether a lease has lapsed: it decides `revive`.
+    if let Command::Register { spec, revive, .. } = &mut cmd {
+        *revive = app.leases.is_lapsed(&spec.instance_id);
+    }
     Ok(answer(app.raft.propose_local(cmd).await))
 }
 
@@ -105,13 +109,16 @@ async fn heartbeats(
     if !app.raft.is_leader() {
         return Ok(answer::<Vec<ForwardedResult>>(Err(ProposeError::NoLeader)));
     }
-    let mut results = Vec::with_capacity(batch.items.len());
-    for item in batch.items {
-        results.push(
-            renew_local(&app, &item.instance_id, item.ready)
-                .await
-                .map_err(|e| e.detail()),
-        );
-    }
+    // All at once: every lease is renewed in the first pass (renewal needs no await), and a
+    // slow readiness commit never holds up another instance's renewal.
+    let renewals = batch
+        .items
+        .iter()
+        .map(|item| renew_local(&app, &item.instance_id, item.ready));
+    let results: Vec<ForwardedResult> = futures_util::future::join_all(renewals)
+        .await
+        .into_iter()
+        .map(|r| r.map_err(|e| e.detail()))
+        .collect();
     Ok(answer(Ok(results)))
 }

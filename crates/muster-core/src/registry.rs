@@ -101,9 +101,12 @@ pub enum Command {
     /// Lease lapse: each listed instance becomes EXPIRED and is dropped, unless it changed since
     /// the leader decided (its modify index no longer matches).
     ///
-    /// Only the leader that holds the leases may decide an expiry, so the Raft layer applies it
-    /// only when it commits as an entry of `term` (see `Command::is_valid_in_term`): a deposed
-    /// leader's decision, however it reaches the log, changes nothing.
+    /// Only the leader that holds the leases decides an expiry, and proposes it itself. `term`
+    /// is the term it believed it led in; the Raft layer drops an expiry whose entry carries
+    /// another term (`Command::is_valid_in_term`: a sweeper whose view of leadership lagged).
+    /// An expiry appended just before its leader lost office may still be committed by the
+    /// next leader; that leader applies it before it acknowledges any heartbeat (see
+    /// `RaftNode::leading_term` in the server), so no acknowledged renewal is undone by it.
     Expire {
         /// `(instance id, modify index the leader saw)`.
         instances: Vec<(String, u64)>,

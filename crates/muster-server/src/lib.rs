@@ -108,6 +108,7 @@ async fn join_cluster(
             .post(&url)
             .header("content-type", "application/json")
             .body(body.clone())
+            .timeout(std::time::Duration::from_secs(90))
             .send()
             .await;
         match sent {

@@ -270,6 +270,9 @@ pub struct RaftNode {
     write_timeout: Duration,
 }
 
+/// Longest a new member may take to catch up before it is promoted.
+const MEMBER_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// How often a write waiting out an election looks for a leader again.
 const ELECTION_POLL: Duration = Duration::from_millis(25);
 
@@ -600,7 +603,12 @@ impl RaftNode {
                 }
                 _ => return Err(ProposeError::NoLeader),
             },
-            Err(RaftError::APIError(e)) => return Err(ProposeError::Unavailable(e.to_string())),
+            // A leader without a quorum behind it cannot serve a consistent read.
+            Err(RaftError::APIError(openraft::errors::LinearizableReadError::QuorumNotEnough(
+                _,
+            ))) => {
+                return Err(ProposeError::NoLeader);
+            }
             Err(RaftError::Fatal(e)) => return Err(ProposeError::Unavailable(e.to_string())),
         };
         self.scoped(
@@ -634,7 +642,14 @@ impl RaftNode {
                 .leader_addr
                 .clone()
                 .ok_or(ProposeError::NoLeader)?;
-            return self.forward(&leader, "members", &change).await;
+            return self
+                .forward_within(
+                    &leader,
+                    "members",
+                    &change,
+                    MEMBER_TIMEOUT + Duration::from_secs(5),
+                )
+                .await;
         }
         self.change_members_here(change).await
     }
@@ -657,9 +672,15 @@ impl RaftNode {
                 if self.verify_members {
                     self.verify_member(id, &addr).await?;
                 }
-                // Blocks until the learner has caught up (by snapshot when it is far behind).
-                self.scoped(self.raft.add_learner(id, BasicNode::new(&addr), true))
+                // Blocks until the learner has caught up (by snapshot when it is far behind),
+                // for at most MEMBER_TIMEOUT; it stays a learner if that runs out.
+                tokio::time::timeout(MEMBER_TIMEOUT, self.scoped(self.raft.add_learner(id, BasicNode::new(&addr), true)))
                     .await
+                    .map_err(|_| {
+                        ProposeError::Indeterminate(format!(
+                            "node {id} was added as a learner but did not catch up within {MEMBER_TIMEOUT:?}; add it again to promote it"
+                        ))
+                    })?
                     .map_err(refused)?;
                 if voter {
                     let ids = std::collections::BTreeSet::from([id]);

@@ -80,6 +80,14 @@ async fn propose(
     let req: Request = serde_json::from_slice(&bytes)
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_body", e.to_string()))?;
     let mut cmd: Command = req.0;
+    if matches!(cmd, Command::Expire { .. }) {
+        // Expiries are the leader's own decisions; one arriving from elsewhere is refused.
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "refused",
+            "expiries are decided by the leader alone",
+        ));
+    }
     // Only the leader knows whether a lease has lapsed: it decides `revive`.
     if let Command::Register { spec, revive, .. } = &mut cmd {
         *revive = app.leases.is_lapsed(&spec.instance_id);

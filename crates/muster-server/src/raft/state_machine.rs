@@ -189,8 +189,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 let index = entry.log_id.index;
                 let outcome = match entry.payload {
                     EntryPayload::Blank => state.registry.advance(index).map(|()| None),
-                    // An expiry decided in another term than the one it commits in came from a
-                    // leader that no longer holds the leases: it changes nothing.
+                    // An expiry whose entry carries another term than the one its sweeper
+                    // believed it led in was decided on a stale view of leadership.
                     EntryPayload::Normal(req)
                         if !req.0.is_valid_in_term(entry.log_id.leader_id.term) =>
                     {

@@ -2,8 +2,9 @@
 //!
 //! Nodes run in one process on one current-thread runtime with paused time. A Raft RPC between
 //! them takes the same path as over HTTP (the same JSON encoding, the same
-//! [`RaftNode::handle_rpc`]), after a delay drawn from a seeded generator, and is lost when the
-//! link is blocked (in either direction: a blocked answer is lost too) or the target is down.
+//! [`RaftNode::handle_rpc`]), after a delay drawn from a seeded generator; on a cut link (in
+//! either direction: a lost answer too) it never arrives and the sender's timeout fires, and a
+//! node that is down refuses at once (like a closed port).
 //! With openraft's randomness seeded as well (see [`crate::raft::Runtime`]), a seed replays the
 //! same run.
 
@@ -116,19 +117,27 @@ impl SimNet {
             eprintln!("net {from}->{to} {what} {} bytes, {delay:?}", body.len());
         }
         tokio::time::sleep(delay).await;
-        let target = {
+        let (cut, target) = {
             let inner = self.lock();
-            if inner.blocked.contains(&(from, to)) {
-                return Err(format!("link {from}→{to} is down"));
-            }
-            inner.nodes.get(&to).and_then(Weak::upgrade)
+            (
+                inner.blocked.contains(&(from, to)),
+                inner.nodes.get(&to).and_then(Weak::upgrade),
+            )
         };
+        if cut {
+            // A cut link does not refuse: the message is lost and the sender waits out its own
+            // timeout, as over a real partition.
+            drop(target);
+            return std::future::pending().await;
+        }
         let target = target.ok_or_else(|| format!("node {to} is down"))?;
         let answer = target.handle_rpc(intended, what, &body).await?;
         drop(target);
         tokio::time::sleep(self.delay(to, from)).await;
-        if self.lock().blocked.contains(&(to, from)) {
-            return Err(format!("link {to}→{from} is down"));
+        let cut_back = self.lock().blocked.contains(&(to, from));
+        if cut_back {
+            // The answer is lost on the way back.
+            return std::future::pending().await;
         }
         Ok(answer)
     }

@@ -9,7 +9,12 @@
 //! and swaps only the wire for an in-process network with the same encoding and RPC handling
 //! (`muster_server::sim::SimNet`). Everything runs on one current-thread runtime with paused
 //! time, and openraft's randomness is seeded, so a seed replays the same run: set
-//! `MUSTER_SIM_SEED=<seed>` to rerun one.
+//! `MUSTER_SIM_SEED=<seed>` to rerun one (`MUSTER_SIM_TRACE=1` prints each step).
+//!
+//! Scope: clients act on the leader a majority-side client would be served by (proposals with
+//! `propose_local`, renewals through `Leases::renew` behind the same `leading_term` gate the
+//! HTTP handler uses). Forwarding between nodes and the HTTP handlers are covered by the
+//! real-process tests in `crates/muster/tests/it/` (cluster, partition), not here.
 
 mod cluster;
 mod driver;

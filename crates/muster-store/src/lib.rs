@@ -35,6 +35,9 @@ const BLOB: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("blob");
 /// The file name of the database inside a data directory.
 pub const DB_FILE: &str = "muster.redb";
 
+/// redb's page cache.
+const CACHE_BYTES: usize = 64 * 1024 * 1024;
+
 /// Most submissions one group commit takes from the queue.
 const MAX_BATCH: usize = 4096;
 
@@ -151,7 +154,12 @@ impl Store {
             path: dir.display().to_string(),
             source,
         })?;
-        let db = Database::create(dir.join(DB_FILE)).map_err(StoreError::redb)?;
+        // Muster reads from disk only at start-up and for snapshots (the Raft log is served from
+        // memory), so redb's default 1 GiB page cache would only hold written pages.
+        let db = Database::builder()
+            .set_cache_size(CACHE_BYTES)
+            .create(dir.join(DB_FILE))
+            .map_err(StoreError::redb)?;
         Self::with_db(db, false)
     }
 

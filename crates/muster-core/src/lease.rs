@@ -1,18 +1,27 @@
-//! The leader's lease table: when each instance's lease runs out.
+//! The leader's lease table: when each instance's lease runs out, and whether so many are going
+//! silent at once that expiring them would be a mistake (mass-expiry protection).
 //!
 //! Renewals (heartbeats) change only this table, never the Raft log. The leader's sweeper asks
 //! [`LeaseTable::lapsed`] which leases ran out and proposes `Expire` commands for them; the
-//! state machine drops an instance only if it has not changed since (see
-//! `Command::Expire`).
+//! state machine drops an instance only if it has not changed since (see `Command::Expire`).
 //!
 //! # Correctness
 //!
 //! - Time is a monotonic millisecond count supplied by the caller; the table never reads a clock.
 //! - A lease that has lapsed cannot be renewed ([`RenewError::Lapsed`]): its expiry may already be
-//!   on its way through the log, so the instance must re-register. This is what makes "a heartbeat
-//!   was acknowledged" imply "the instance was live when it was acknowledged".
-//! - [`LeaseTable::arm_all`] gives every lease a full TTL. A new leader calls it exactly once on
-//!   taking office; calling it again on every election would let a lease outlive its instance.
+//!   on its way through the log, so the instance must re-register. The one exception is a lease
+//!   whose expiry is held by protection ([`LeaseTable::renew_held`]): no expiry is decided for it.
+//! - [`LeaseTable::arm_all`] gives every lease a full TTL. A new leader calls it once per term;
+//!   calling it on every renewal would let a lease outlive its instance.
+//!
+//! # Mass-expiry protection
+//!
+//! A lease is *at risk* once its last renewal is older than half its TTL: two heartbeats missed
+//! at the usual TTL/3 cadence. When instances die one by one, few leases are at risk at any
+//! moment. When a cut on the registry's side silences many at once, their leases all become at
+//! risk before the first of them lapses. [`LeaseTable::assess`] compares the at-risk share with a
+//! threshold, for the whole registry and for each service, and the sweeper holds the expiries of
+//! what crossed it. Instances that deregister leave the table, so a scale-down never trips it.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -31,6 +40,7 @@ pub enum RenewError {
 
 #[derive(Clone, Debug)]
 struct Lease {
+    service: Arc<str>,
     deadline: u64,
     ttl: u64,
     /// Modify index of the instance when it was last tracked; carried into `Expire`.
@@ -39,11 +49,66 @@ struct Lease {
     renewed_at: u64,
 }
 
-/// Lease deadlines by instance, ordered by deadline for cheap sweeps.
+impl Lease {
+    /// When the lease becomes at risk (half its TTL without a renewal).
+    fn risk_at(&self) -> u64 {
+        self.renewed_at.saturating_add(self.ttl / 2)
+    }
+}
+
+/// When mass-expiry protection holds expiries.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ProtectionConfig {
+    /// Share of leases at risk (0–1) above which expiries are held.
+    pub threshold: f64,
+    /// The registry-wide test applies from this many leases.
+    pub min_leases: usize,
+    /// A service's own test applies from this many instances.
+    pub min_service: usize,
+}
+
+impl Default for ProtectionConfig {
+    fn default() -> Self {
+        ProtectionConfig {
+            threshold: 0.3,
+            min_leases: 10,
+            min_service: 5,
+        }
+    }
+}
+
+/// What [`LeaseTable::assess`] found.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Assessment {
+    /// Leases tracked.
+    pub tracked: usize,
+    /// Leases at risk.
+    pub at_risk: usize,
+    /// The registry-wide share crossed the threshold: every expiry is held.
+    pub registry_held: bool,
+    /// Services whose own share crossed the threshold: their expiries are held.
+    pub held_services: BTreeSet<Arc<str>>,
+}
+
+impl Assessment {
+    /// Whether anything is held.
+    pub fn holds_anything(&self) -> bool {
+        self.registry_held || !self.held_services.is_empty()
+    }
+
+    /// Whether expiries of `service` are held.
+    pub fn holds(&self, service: &str) -> bool {
+        self.registry_held || self.held_services.contains(service)
+    }
+}
+
+/// Lease deadlines by instance, ordered by deadline (for sweeps) and by risk (for protection).
 #[derive(Debug, Default)]
 pub struct LeaseTable {
     leases: HashMap<Arc<str>, Lease>,
     by_deadline: BTreeSet<(u64, Arc<str>)>,
+    by_risk: BTreeSet<(u64, Arc<str>)>,
+    service_sizes: HashMap<Arc<str>, usize>,
 }
 
 /// What the table knows of one lease.
@@ -71,13 +136,11 @@ impl LeaseTable {
         self.leases.is_empty()
     }
 
-    /// Starts tracking an instance (or updates it after a change), with a full TTL from `now`.
-    pub fn track(&mut self, id: &str, ttl: u64, modify_index: u64, now: u64) {
-        let id: Arc<str> = match self.leases.get_key_value(id) {
-            Some((k, _)) => k.clone(),
-            None => Arc::from(id),
-        };
+    /// Starts tracking an instance of `service` (or updates it), with a full TTL from `now`.
+    pub fn track(&mut self, id: &str, service: &str, ttl: u64, modify_index: u64, now: u64) {
+        let (id, service) = self.keys(id, service);
         let lease = Lease {
+            service,
             deadline: now.saturating_add(ttl),
             ttl,
             modify_index,
@@ -91,31 +154,36 @@ impl LeaseTable {
     /// otherwise given the instance's current TTL and modify index, keeping its deadline (but
     /// never later than a full new TTL from `now`).
     ///
-    /// `instance` is `(lease TTL, modify index)` of the instance as the registry now holds it.
+    /// `instance` is `(service, lease TTL, modify index)` of the instance as the registry now
+    /// holds it.
     pub fn reconcile(
         &mut self,
         id: &str,
-        instance: Option<(u64, u64)>,
+        instance: Option<(&str, u64, u64)>,
         registered: bool,
         now: u64,
     ) {
-        let Some((ttl, modify_index)) = instance else {
+        let Some((service, ttl, modify_index)) = instance else {
             self.untrack(id);
             return;
         };
-        match self.leases.get_key_value(id) {
-            Some((key, lease)) if !registered => {
-                let key = key.clone();
+        match self.leases.get(id) {
+            Some(lease) if !registered => {
                 let deadline = lease.deadline.min(now.saturating_add(ttl));
-                let lease = Lease {
-                    deadline,
-                    ttl,
-                    modify_index,
-                    renewed_at: lease.renewed_at,
-                };
-                self.set(key, lease);
+                let renewed_at = lease.renewed_at;
+                let (key, service) = self.keys(id, service);
+                self.set(
+                    key,
+                    Lease {
+                        service,
+                        deadline,
+                        ttl,
+                        modify_index,
+                        renewed_at,
+                    },
+                );
             }
-            _ => self.track(id, ttl, modify_index, now),
+            _ => self.track(id, service, ttl, modify_index, now),
         }
     }
 
@@ -127,14 +195,26 @@ impl LeaseTable {
     /// Stops tracking an instance.
     pub fn untrack(&mut self, id: &str) {
         if let Some((key, lease)) = self.leases.remove_entry(id) {
-            self.by_deadline.remove(&(lease.deadline, key));
+            self.by_deadline.remove(&(lease.deadline, key.clone()));
+            self.by_risk.remove(&(lease.risk_at(), key));
+            self.shrink(&lease.service);
         }
     }
 
     /// Renews a lease for a full TTL from `now`; returns the new deadline.
     pub fn renew(&mut self, id: &str, now: u64) -> Result<u64, RenewError> {
+        self.renew_inner(id, now, false)
+    }
+
+    /// Renews a lease even if it lapsed: only for a lease whose expiry protection holds (so no
+    /// expiry for it is decided or in flight).
+    pub fn renew_held(&mut self, id: &str, now: u64) -> Result<u64, RenewError> {
+        self.renew_inner(id, now, true)
+    }
+
+    fn renew_inner(&mut self, id: &str, now: u64, held: bool) -> Result<u64, RenewError> {
         let (key, lease) = self.leases.get_key_value(id).ok_or(RenewError::Unknown)?;
-        if lease.deadline <= now {
+        if lease.deadline <= now && !held {
             return Err(RenewError::Lapsed);
         }
         let key = key.clone();
@@ -148,6 +228,11 @@ impl LeaseTable {
         Ok(deadline)
     }
 
+    /// The service of a tracked instance.
+    pub fn service_of(&self, id: &str) -> Option<&str> {
+        self.leases.get(id).map(|l| &*l.service)
+    }
+
     /// What the table knows of one lease.
     pub fn info(&self, id: &str) -> Option<LeaseInfo> {
         self.leases.get(id).map(|l| LeaseInfo {
@@ -156,25 +241,85 @@ impl LeaseTable {
         })
     }
 
-    /// Gives every lease a full TTL from `now`. Called once by a new leader.
+    /// Gives every lease a full TTL from `now`. Called once per term by a new leader.
     pub fn arm_all(&mut self, now: u64) {
         self.by_deadline.clear();
+        self.by_risk.clear();
         for (id, lease) in &mut self.leases {
             lease.deadline = now.saturating_add(lease.ttl);
             lease.renewed_at = now;
             self.by_deadline.insert((lease.deadline, id.clone()));
+            self.by_risk.insert((lease.risk_at(), id.clone()));
         }
     }
 
-    /// Leases whose deadline is at or before `now`, as `(instance id, modify index)`, earliest
-    /// first, at most `limit` of them. They stay in the table (and refuse renewal) until
-    /// [`LeaseTable::untrack`]ed when the expiry is applied.
-    pub fn lapsed(&self, now: u64, limit: usize) -> Vec<(Arc<str>, u64)> {
+    /// Gives every lapsed lease that `held` holds a full TTL from `now`; returns how many. Called
+    /// when protection ends because renewals resumed: instances still on their way back get
+    /// time to heartbeat, and the ones that are really gone expire one TTL later.
+    pub fn rearm_held(&mut self, now: u64, held: &Assessment) -> usize {
+        let lapsed: Vec<Arc<str>> = self
+            .by_deadline
+            .iter()
+            .take_while(|(deadline, _)| *deadline <= now)
+            .filter(|(_, id)| self.leases.get(id).is_some_and(|l| held.holds(&l.service)))
+            .map(|(_, id)| id.clone())
+            .collect();
+        for id in &lapsed {
+            if let Some(lease) = self.leases.get(id) {
+                let lease = Lease {
+                    deadline: now.saturating_add(lease.ttl),
+                    renewed_at: now,
+                    ..lease.clone()
+                };
+                self.set(id.clone(), lease);
+            }
+        }
+        lapsed.len()
+    }
+
+    /// How many leases are at risk, overall and per service, against `config`.
+    pub fn assess(&self, now: u64, config: &ProtectionConfig) -> Assessment {
+        let mut per_service: HashMap<&str, usize> = HashMap::new();
+        let mut at_risk = 0;
+        for (_, id) in self
+            .by_risk
+            .iter()
+            .take_while(|(risk_at, _)| *risk_at <= now)
+        {
+            if let Some(lease) = self.leases.get(id) {
+                at_risk += 1;
+                *per_service.entry(&lease.service).or_insert(0) += 1;
+            }
+        }
+        let tracked = self.leases.len();
+        let over = |risky: usize, of: usize| of > 0 && risky as f64 / of as f64 > config.threshold;
+        let registry_held = tracked >= config.min_leases && over(at_risk, tracked);
+        let held_services = per_service
+            .into_iter()
+            .filter_map(|(service, risky)| {
+                let (key, size) = self.service_sizes.get_key_value(service)?;
+                (*size >= config.min_service && over(risky, *size)).then(|| key.clone())
+            })
+            .collect();
+        Assessment {
+            tracked,
+            at_risk,
+            registry_held,
+            held_services,
+        }
+    }
+
+    /// Leases whose deadline is at or before `now` and whose expiry `held` does not hold, as
+    /// `(instance id, modify index)`, earliest first, at most `limit` of them. They stay in the
+    /// table (and refuse renewal) until [`LeaseTable::untrack`]ed when the expiry is applied.
+    pub fn lapsed(&self, now: u64, limit: usize, held: &Assessment) -> Vec<(Arc<str>, u64)> {
         self.by_deadline
             .iter()
             .take_while(|(deadline, _)| *deadline <= now)
+            .filter_map(|(_, id)| self.leases.get(id).map(|l| (id, l)))
+            .filter(|(_, l)| !held.holds(&l.service))
             .take(limit)
-            .filter_map(|(_, id)| self.leases.get(id).map(|l| (id.clone(), l.modify_index)))
+            .map(|(id, l)| (id.clone(), l.modify_index))
             .collect()
     }
 
@@ -183,82 +328,46 @@ impl LeaseTable {
         self.by_deadline.first().map(|(d, _)| *d)
     }
 
+    /// Shared keys for `id` and `service` (reusing the table's when it has them).
+    fn keys(&self, id: &str, service: &str) -> (Arc<str>, Arc<str>) {
+        let id = self
+            .leases
+            .get_key_value(id)
+            .map_or_else(|| Arc::from(id), |(k, _)| k.clone());
+        let service = self
+            .service_sizes
+            .get_key_value(service)
+            .map_or_else(|| Arc::from(service), |(k, _)| k.clone());
+        (id, service)
+    }
+
+    fn shrink(&mut self, service: &str) {
+        if let Some(n) = self.service_sizes.get_mut(service) {
+            *n -= 1;
+            if *n == 0 {
+                self.service_sizes.remove(service);
+            }
+        }
+    }
+
     fn set(&mut self, id: Arc<str>, lease: Lease) {
-        if let Some(old) = self.leases.get(&id) {
-            self.by_deadline.remove(&(old.deadline, id.clone()));
+        match self.leases.get(&id) {
+            Some(old) => {
+                self.by_deadline.remove(&(old.deadline, id.clone()));
+                self.by_risk.remove(&(old.risk_at(), id.clone()));
+                if old.service != lease.service {
+                    let old_service = old.service.clone();
+                    self.shrink(&old_service);
+                    *self.service_sizes.entry(lease.service.clone()).or_insert(0) += 1;
+                }
+            }
+            None => *self.service_sizes.entry(lease.service.clone()).or_insert(0) += 1,
         }
         self.by_deadline.insert((lease.deadline, id.clone()));
+        self.by_risk.insert((lease.risk_at(), id.clone()));
         self.leases.insert(id, lease);
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn renew_moves_the_deadline_and_lapse_is_final() {
-        let mut t = LeaseTable::new();
-        t.track("a", 1_000, 1, 0);
-        assert_eq!(t.renew("a", 500), Ok(1_500));
-        assert!(t.lapsed(1_499, 10).is_empty());
-        assert_eq!(t.lapsed(1_500, 10), vec![(Arc::from("a"), 1)]);
-        assert_eq!(t.renew("a", 1_500), Err(RenewError::Lapsed));
-        assert_eq!(t.renew("b", 0), Err(RenewError::Unknown));
-        t.untrack("a");
-        assert!(t.is_empty());
-        assert_eq!(t.next_deadline(), None);
-    }
-
-    #[test]
-    fn lapsed_is_ordered_and_bounded() {
-        let mut t = LeaseTable::new();
-        for (i, id) in ["c", "a", "b"].iter().enumerate() {
-            t.track(id, 100 + i as u64, i as u64, 0);
-        }
-        let ids: Vec<_> = t
-            .lapsed(1_000, 2)
-            .into_iter()
-            .map(|(id, _)| id.to_string())
-            .collect();
-        assert_eq!(ids, ["c", "a"]);
-        assert_eq!(t.next_deadline(), Some(100));
-    }
-
-    #[test]
-    fn arm_all_gives_a_full_ttl_once() {
-        let mut t = LeaseTable::new();
-        t.track("a", 1_000, 7, 0);
-        t.track("b", 5_000, 8, 0);
-        t.arm_all(10_000);
-        assert!(t.lapsed(10_999, 10).is_empty());
-        assert_eq!(t.lapsed(11_000, 10).len(), 1);
-        assert_eq!(t.info("b").map(|i| i.deadline), Some(15_000));
-    }
-
-    #[test]
-    fn reconcile_follows_the_registry() {
-        let mut t = LeaseTable::new();
-        t.track("a", 1_000, 1, 0);
-        // A change that is not a registration keeps the deadline and takes the new index.
-        t.reconcile("a", Some((1_000, 9)), false, 500);
-        assert_eq!(t.lapsed(1_000, 1), vec![(Arc::from("a"), 9)]);
-        // A shorter TTL pulls the deadline in; a longer one does not push it out.
-        t.reconcile("a", Some((200, 9)), false, 500);
-        assert_eq!(t.info("a").map(|i| i.deadline), Some(700));
-        t.reconcile("a", Some((60_000, 9)), false, 500);
-        assert_eq!(t.info("a").map(|i| i.deadline), Some(700));
-        // ... but the next renewal uses it.
-        assert_eq!(t.renew("a", 600), Ok(60_600));
-        // A registration restarts the lease, even a lapsed one.
-        assert!(t.is_lapsed("a", 70_000));
-        t.reconcile("a", Some((1_000, 10)), true, 70_000);
-        assert!(!t.is_lapsed("a", 70_000));
-        assert_eq!(t.info("a").map(|i| i.deadline), Some(71_000));
-        // Gone from the registry: forgotten. Unknown and registered: tracked.
-        t.reconcile("a", None, false, 70_001);
-        assert!(t.is_empty());
-        t.reconcile("b", Some((5_000, 11)), false, 0);
-        assert_eq!(t.info("b").map(|i| i.deadline), Some(5_000));
-    }
-}
+mod tests;

@@ -24,7 +24,7 @@ mod serde_util;
 
 pub use serde_util::{format_timestamp, parse_duration_ms};
 
-pub use lease::{LeaseTable, RenewError};
+pub use lease::{Assessment, LeaseTable, ProtectionConfig, RenewError};
 pub use model::{
     Check, CheckKind, Instance, InstanceSpec, RegisterRequest, Status, ValidationError,
 };

@@ -26,7 +26,7 @@ fn err(key: &'static str, message: impl Into<String>) -> ConfigError {
 
 /// Every server setting. Keys are snake_case in TOML, `--kebab-case` as flags and
 /// `MUSTER_UPPER_CASE` in the environment.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// Raft node id (≥ 1).
@@ -46,6 +46,12 @@ pub struct Config {
     pub join: Option<String>,
     /// Longest a write may take to commit before it is answered `503 indeterminate`.
     pub write_timeout: String,
+    /// Share of leases (0–1) that may go silent at once before their expiry is held.
+    pub expiry_protection_threshold: f64,
+    /// The registry-wide protection test applies from this many leases.
+    pub expiry_protection_min_leases: usize,
+    /// Longest mass-expiry protection holds before expiry resumes, e.g. `"5m"`.
+    pub expiry_protection_max: String,
     /// Most instances in the registry.
     pub max_instances: u32,
     /// Most instances in one service.
@@ -80,6 +86,9 @@ impl Default for Config {
             peers: Vec::new(),
             join: None,
             write_timeout: "5s".into(),
+            expiry_protection_threshold: 0.3,
+            expiry_protection_min_leases: 10,
+            expiry_protection_max: "5m".into(),
             max_instances: 200_000,
             max_instances_per_service: 10_000,
             max_body_bytes: 256 * 1024,
@@ -104,6 +113,8 @@ pub struct ValidConfig {
     pub peers: std::collections::BTreeMap<u64, String>,
     /// Parsed `write_timeout`.
     pub write_timeout: Duration,
+    /// Parsed `expiry_protection_max`.
+    pub expiry_protection_max: Duration,
     /// Parsed `raft_heartbeat_interval`.
     pub heartbeat_interval: Duration,
     /// Parsed `raft_election_timeout_min`.
@@ -275,10 +286,24 @@ impl Config {
         if !(Duration::from_millis(100)..=Duration::from_secs(60)).contains(&write_timeout) {
             return Err(err("write_timeout", "must be between 100ms and 60s"));
         }
+        if !(self.expiry_protection_threshold > 0.0 && self.expiry_protection_threshold <= 1.0) {
+            return Err(err(
+                "expiry_protection_threshold",
+                format!(
+                    "must be above 0 and at most 1 (1 turns protection off), got {}",
+                    self.expiry_protection_threshold
+                ),
+            ));
+        }
+        let expiry_protection_max = duration("expiry_protection_max", &self.expiry_protection_max)?;
+        if expiry_protection_max > Duration::from_secs(24 * 3600) {
+            return Err(err("expiry_protection_max", "must be at most 24h"));
+        }
         Ok(ValidConfig {
             config: self,
             peers,
             write_timeout,
+            expiry_protection_max,
             heartbeat_interval,
             election_timeout_min,
             election_timeout_max,
@@ -326,6 +351,11 @@ mod tests {
             ("join = \"a:1\"", "join"),
             ("peers = [\"1=http://a:1\"]\njoin = \"http://b:1\"", "join"),
             ("write_timeout = \"1h\"", "write_timeout"),
+            (
+                "expiry_protection_threshold = 1.5",
+                "expiry_protection_threshold",
+            ),
+            ("expiry_protection_max = \"2d\"", "expiry_protection_max"),
             ("peers = [\"1=http://a:1\", \"2=http://a:1\"]", "peers"),
             ("peers = [\"1=http://0.0.0.0:1\"]", "peers"),
             (

@@ -73,6 +73,7 @@ pub fn router(state: Arc<AppState>, max_body_bytes: usize) -> Router {
         .route("/v1/services/{service}", get(service_instances))
         .route("/v1/watch", get(watch::watch))
         .route("/v1/cluster", get(cluster))
+        .route("/v1/leases", get(leases))
         .route("/v1/cluster/members", post(add_member))
         .route(
             "/v1/cluster/members/{id}",
@@ -233,7 +234,7 @@ struct InstanceWithLease<'a> {
     lease_expires_at: Option<String>,
 }
 
-fn rfc3339(t: SystemTime) -> String {
+pub(crate) fn rfc3339(t: SystemTime) -> String {
     let ms = t
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(0));
@@ -739,6 +740,18 @@ async fn remove_member(State(app): AppRef, id: Result<Path<String>, PathRejectio
     ))
 }
 
+/// Lease table and mass-expiry protection, as this node sees them (the leader's view is the
+/// one that counts: only the leader renews and expires).
+async fn leases(State(app): AppRef) -> ApiResult {
+    let body = serde_json::json!({
+        "nodeId": app.raft.node_id(),
+        "leader": app.raft.is_leader(),
+        "leases": app.leases.len(),
+        "protection": app.leases.protection(),
+    });
+    Ok(json_response(StatusCode::OK, &body))
+}
+
 async fn cluster(State(app): AppRef) -> ApiResult {
     Ok(json_response(StatusCode::OK, &app.raft.status()))
 }
@@ -776,6 +789,9 @@ async fn metrics(State(app): AppRef) -> Response {
     m.store_entries
         .set(stats.entries.load(std::sync::atomic::Ordering::Relaxed));
     m.leases.set(app.leases.len() as i64);
+    let protection = app.leases.protection();
+    m.expiry_protection.set(i64::from(protection.active));
+    m.leases_at_risk.set(protection.at_risk as i64);
     let mut resp = m.encode().into_response();
     resp.headers_mut().insert(
         header::CONTENT_TYPE,

@@ -13,7 +13,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
-use muster_core::{Command, Event, EventKind, Instance, LeaseTable, Registry, RenewError};
+use muster_core::{
+    Assessment, Command, Event, EventKind, Instance, LeaseTable, ProtectionConfig, Registry,
+    RenewError,
+};
 use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 
@@ -27,6 +30,8 @@ const MAX_SLEEP_MS: u64 = 1000;
 /// Lease deadlines and the sweeper's wake-up.
 pub struct Leases {
     table: Mutex<LeaseTable>,
+    /// Mass-expiry protection (always taken after `table`).
+    protection: Mutex<Protection>,
     /// The term whose leader last re-armed every lease (always taken after `table`).
     armed_term: Mutex<Option<u64>>,
     epoch: Instant,
@@ -45,15 +50,64 @@ pub struct LeaseTimes {
 
 impl Default for Leases {
     fn default() -> Self {
-        Self::new()
+        Self::new(ProtectionConfig::default(), Duration::from_secs(300))
     }
 }
 
+/// Mass-expiry protection as the sweeper last found it.
+#[derive(Debug, Default)]
+struct Protection {
+    config: ProtectionConfig,
+    /// Longest protection holds before expiry resumes.
+    bound_ms: u64,
+    /// Monotonic start and wall-clock start of the current episode.
+    since: Option<(u64, SystemTime)>,
+    bound_reached: bool,
+    last: Assessment,
+}
+
+impl Protection {
+    /// What is held now, if anything.
+    fn holding(&self) -> Option<&Assessment> {
+        (self.since.is_some() && !self.bound_reached).then_some(&self.last)
+    }
+}
+
+/// Mass-expiry protection, for the API.
+#[derive(Clone, Debug, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ProtectionView {
+    /// Expiries are being held.
+    pub active: bool,
+    /// When the current episode began (RFC 3339).
+    pub since: Option<String>,
+    /// Why.
+    pub reason: String,
+    /// The episode outlasted its bound: expiry has resumed.
+    pub bound_reached: bool,
+    /// Services whose expiries are held (all, when `registryHeld`).
+    pub held_services: Vec<String>,
+    /// Every expiry is held.
+    pub registry_held: bool,
+    /// Leases tracked.
+    pub tracked: usize,
+    /// Leases silent for over half their TTL.
+    pub at_risk: usize,
+    /// Share of leases at risk above which expiries are held.
+    pub threshold: f64,
+}
+
 impl Leases {
-    /// An empty table whose clock starts now.
-    pub fn new() -> Self {
+    /// An empty table whose clock starts now; protection holds expiries for at most `bound`.
+    pub fn new(config: ProtectionConfig, bound: Duration) -> Self {
+        let bound_ms = u64::try_from(bound.as_millis()).unwrap_or(u64::MAX);
         Leases {
             table: Mutex::new(LeaseTable::new()),
+            protection: Mutex::new(Protection {
+                config,
+                bound_ms,
+                ..Protection::default()
+            }),
             armed_term: Mutex::new(None),
             epoch: Instant::now(),
             wake: Notify::new(),
@@ -97,7 +151,11 @@ impl Leases {
         let mut earliest = u64::MAX;
         {
             let mut table = self.lock();
-            let current = |id: &str| registry.get(id).map(|i| (i.spec.lease_ttl, i.modify_index));
+            let current = |id: &str| {
+                registry
+                    .get(id)
+                    .map(|i| (i.spec.service.as_str(), i.spec.lease_ttl, i.modify_index))
+            };
             for ev in events {
                 let id = ev.instance.spec.instance_id.as_str();
                 if table.info(id).is_none() && ev.kind == EventKind::Upsert {
@@ -122,6 +180,7 @@ impl Leases {
         for inst in registry.instances() {
             table.track(
                 &inst.spec.instance_id,
+                &inst.spec.service,
                 inst.spec.lease_ttl,
                 inst.modify_index,
                 now,
@@ -129,6 +188,85 @@ impl Leases {
         }
         drop(table);
         self.nudge(0);
+    }
+
+    /// Assesses the table for mass-expiry protection, logs the start and end of an episode, and
+    /// returns what the sweeper must hold.
+    fn protect(&self, table: &mut LeaseTable, now: u64) -> Assessment {
+        let mut p = self.protection.lock().unwrap_or_else(|p| p.into_inner());
+        let a = table.assess(now, &p.config);
+        match (p.since, a.holds_anything()) {
+            (None, true) => {
+                p.since = Some((now, SystemTime::now()));
+                p.bound_reached = false;
+                tracing::warn!(
+                    at_risk = a.at_risk,
+                    tracked = a.tracked,
+                    registry = a.registry_held,
+                    services = ?a.held_services,
+                    "mass-expiry protection on: too many leases went silent at once; holding their expiry"
+                );
+            }
+            (Some((start, _)), true)
+                if !p.bound_reached && now.saturating_sub(start) >= p.bound_ms =>
+            {
+                p.bound_reached = true;
+                tracing::warn!(
+                    at_risk = a.at_risk,
+                    "mass-expiry protection reached its bound: expiring again"
+                );
+            }
+            (Some(_), false) => {
+                // Renewals resumed: whatever was held and is still lapsed gets a fresh TTL to
+                // come back in (unless the bound had already let expiry resume).
+                let rearmed = if p.bound_reached {
+                    0
+                } else {
+                    table.rearm_held(now, &p.last)
+                };
+                p.since = None;
+                p.bound_reached = false;
+                tracing::info!(
+                    at_risk = a.at_risk,
+                    tracked = a.tracked,
+                    rearmed,
+                    "mass-expiry protection off: renewals resumed"
+                );
+            }
+            _ => {}
+        }
+        p.last = a;
+        p.holding().cloned().unwrap_or_default()
+    }
+
+    /// Mass-expiry protection as the sweeper last assessed it (on the leader).
+    pub fn protection(&self) -> ProtectionView {
+        let p = self.protection.lock().unwrap_or_else(|p| p.into_inner());
+        let a = &p.last;
+        let reason = match (p.since.is_some(), a.registry_held) {
+            (false, _) => String::new(),
+            (true, true) => format!(
+                "{} of {} leases went silent at once (over {:.0}%)",
+                a.at_risk,
+                a.tracked,
+                p.config.threshold * 100.0
+            ),
+            (true, false) => format!(
+                "most leases of {} service(s) went silent at once",
+                a.held_services.len()
+            ),
+        };
+        ProtectionView {
+            active: p.holding().is_some(),
+            since: p.since.map(|(_, wall)| crate::http::rfc3339(wall)),
+            reason,
+            bound_reached: p.bound_reached,
+            held_services: a.held_services.iter().map(|s| s.to_string()).collect(),
+            registry_held: a.registry_held,
+            tracked: a.tracked,
+            at_risk: a.at_risk,
+            threshold: p.config.threshold,
+        }
     }
 
     /// Whether the lease has lapsed (its expiry may be on its way through the log).
@@ -143,7 +281,18 @@ impl Leases {
         let now = self.now();
         let mut table = self.lock();
         self.ensure_armed(&mut table, term, now);
-        let deadline = table.renew(id, now)?;
+        // A lease whose expiry protection holds may renew although it lapsed: no expiry was
+        // decided for it, and its instance is back.
+        let held = {
+            let p = self.protection.lock().unwrap_or_else(|p| p.into_inner());
+            p.holding()
+                .is_some_and(|a| table.service_of(id).is_some_and(|s| a.holds(s)))
+        };
+        let deadline = if held {
+            table.renew_held(id, now)?
+        } else {
+            table.renew(id, now)?
+        };
         Ok(self.to_wall(deadline, now))
     }
 
@@ -214,8 +363,12 @@ impl Leases {
             }
             let now = self.now();
             let (lapsed, next) = {
-                let table = self.lock();
-                (table.lapsed(now, EXPIRE_BATCH), table.next_deadline())
+                let mut table = self.lock();
+                let held = self.protect(&mut table, now);
+                (
+                    table.lapsed(now, EXPIRE_BATCH, &held),
+                    table.next_deadline(),
+                )
             };
             if !lapsed.is_empty() {
                 let instances = lapsed

@@ -145,7 +145,14 @@ impl Server {
             .map_err(|e| format!("cannot listen on {}: {e}", cfg.http_addr))?;
         let addr = listener.local_addr().map_err(|e| e.to_string())?;
         let hub = Arc::new(Hub::new(cfg.watch_history));
-        let leases = Arc::new(Leases::new());
+        let leases = Arc::new(Leases::new(
+            muster_core::ProtectionConfig {
+                threshold: cfg.expiry_protection_threshold,
+                min_leases: cfg.expiry_protection_min_leases,
+                min_service: 5,
+            },
+            config.expiry_protection_max,
+        ));
         let metrics = Arc::new(Metrics::new());
         let applier = Arc::new(Applier {
             hub: hub.clone(),

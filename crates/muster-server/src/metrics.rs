@@ -71,6 +71,10 @@ pub struct Metrics {
     pub store_entries: Gauge<u64, AtomicU64>,
     /// Leases tracked in memory.
     pub leases: Gauge,
+    /// 1 while mass-expiry protection holds expiries.
+    pub expiry_protection: Gauge,
+    /// Leases silent for over half their TTL (as last assessed).
+    pub leases_at_risk: Gauge,
     /// Heartbeat batches a follower sent on to the leader.
     pub forwarded_batches: Counter,
     /// Heartbeats a follower sent on to the leader.
@@ -98,6 +102,8 @@ impl Metrics {
             store_commits: Gauge::default(),
             store_entries: Gauge::default(),
             leases: Gauge::default(),
+            expiry_protection: Gauge::default(),
+            leases_at_risk: Gauge::default(),
             forwarded_batches: Counter::default(),
             forwarded_heartbeats: Counter::default(),
             forwarded_bytes: Counter::default(),
@@ -165,6 +171,16 @@ impl Metrics {
             m.store_entries.clone(),
         );
         registry.register("leases", "Leases tracked in memory", m.leases.clone());
+        registry.register(
+            "expiry_protection",
+            "1 while mass-expiry protection holds expiries",
+            m.expiry_protection.clone(),
+        );
+        registry.register(
+            "leases_at_risk",
+            "Leases silent for over half their TTL, as last assessed by the leader",
+            m.leases_at_risk.clone(),
+        );
         registry.register(
             "forwarded_heartbeat_batches",
             "Heartbeat batches this follower sent on to the leader",

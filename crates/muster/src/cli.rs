@@ -182,6 +182,15 @@ pub(crate) struct ServerArgs {
     /// Longest a write may take to commit, e.g. 5s.
     #[arg(long, env = "MUSTER_WRITE_TIMEOUT")]
     pub(crate) write_timeout: Option<String>,
+    /// Share of leases (0-1] that may go silent at once before their expiry is held.
+    #[arg(long, env = "MUSTER_EXPIRY_PROTECTION_THRESHOLD")]
+    pub(crate) expiry_protection_threshold: Option<f64>,
+    /// The registry-wide protection test applies from this many leases.
+    #[arg(long, env = "MUSTER_EXPIRY_PROTECTION_MIN_LEASES")]
+    pub(crate) expiry_protection_min_leases: Option<usize>,
+    /// Longest mass-expiry protection holds, e.g. 5m.
+    #[arg(long, env = "MUSTER_EXPIRY_PROTECTION_MAX")]
+    pub(crate) expiry_protection_max: Option<String>,
     /// Most instances in the registry.
     #[arg(long, env = "MUSTER_MAX_INSTANCES")]
     pub(crate) max_instances: Option<u32>,

@@ -67,6 +67,9 @@ pub(crate) fn layered(args: ServerArgs) -> anyhow::Result<Config> {
         log_format,
         peers,
         write_timeout,
+        expiry_protection_threshold,
+        expiry_protection_min_leases,
+        expiry_protection_max,
     );
     if args.advertise_addr.is_some() {
         c.advertise_addr = args.advertise_addr;

@@ -57,7 +57,7 @@ impl SimCluster {
             .or_insert_with(|| Store::in_memory_inline().expect("in-memory store"))
             .clone();
         let hub = Arc::new(Hub::new(64));
-        let leases = Arc::new(Leases::new());
+        let leases = Arc::new(Leases::default());
         let applier = Arc::new(Applier::new(hub, leases.clone(), Arc::new(Metrics::new())));
         let settings = RaftSettings {
             node_id: id,

@@ -9,4 +9,5 @@ mod durability;
 mod harness;
 mod leases;
 mod partition;
+mod protection;
 mod watch;

@@ -17,6 +17,7 @@
 //! - [`registry`]: the state machine, its commands, events and snapshots.
 //! - [`lease`]: the leader's in-memory lease table (renewals never touch the log).
 
+pub mod health;
 pub mod lease;
 pub mod model;
 pub mod registry;

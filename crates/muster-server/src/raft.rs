@@ -423,17 +423,7 @@ impl RaftNode {
         cmd: Command,
         deadline: tokio::time::Instant,
     ) -> Result<Proposed, ProposeError> {
-        let written = tokio::time::timeout_at(
-            deadline,
-            self.scoped(self.raft.client_write(Request(cmd.clone()))),
-        )
-        .await;
-        let written = written.map_err(|_| {
-            ProposeError::Indeterminate(format!(
-                "the write did not commit within {:?}",
-                self.write_timeout
-            ))
-        })?;
+        let written = self.write_until(Request(cmd.clone()), deadline).await?;
         match written {
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => match f.leader_node {
                 Some(leader) if f.leader_id != Some(self.node_id) => {
@@ -467,24 +457,26 @@ impl RaftNode {
     /// may make (expiries), and for the receiving end of a forwarded proposal.
     pub async fn propose_local(&self, cmd: Command) -> Result<Proposed, ProposeError> {
         let deadline = tokio::time::Instant::now() + self.write_timeout;
-        let written =
-            tokio::time::timeout_at(deadline, self.scoped(self.raft.client_write(Request(cmd))))
-                .await;
-        let written = written.map_err(|_| {
-            ProposeError::Indeterminate(format!(
-                "the write did not commit within {:?}",
-                self.write_timeout
-            ))
-        })?;
-        Self::outcome(written)
+        Self::outcome(self.write_until(Request(cmd), deadline).await?)
     }
 
-    fn outcome(
-        written: Result<
-            openraft::raft::ClientWriteResponse<TypeConfig>,
-            RaftError<TypeConfig, ClientWriteError<TypeConfig>>,
-        >,
-    ) -> Result<Proposed, ProposeError> {
+    /// `client_write` on this node, given up (as indeterminate) at `deadline`.
+    async fn write_until(
+        &self,
+        request: Request,
+        deadline: tokio::time::Instant,
+    ) -> Result<WriteResult, ProposeError> {
+        tokio::time::timeout_at(deadline, self.scoped(self.raft.client_write(request)))
+            .await
+            .map_err(|_| {
+                ProposeError::Indeterminate(format!(
+                    "the write did not commit within {:?}",
+                    self.write_timeout
+                ))
+            })
+    }
+
+    fn outcome(written: WriteResult) -> Result<Proposed, ProposeError> {
         match written {
             Ok(resp) => match resp.data.0 {
                 Some(outcome) => Ok(Proposed {
@@ -925,6 +917,12 @@ impl RaftNode {
         }
     }
 }
+
+/// What `client_write` answers.
+type WriteResult = Result<
+    openraft::raft::ClientWriteResponse<TypeConfig>,
+    RaftError<TypeConfig, ClientWriteError<TypeConfig>>,
+>;
 
 /// A snapshot as it travels between nodes.
 type WireSnapshot = (VoteOf<TypeConfig>, SnapshotOf<TypeConfig, Vec<u8>>);

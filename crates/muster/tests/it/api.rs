@@ -156,14 +156,7 @@ async fn filters_services_and_batch_heartbeats() {
     )
     .await;
     m.register("fraud-api", "f1", json!({"zone": "a"})).await;
-    let ids = |v: &serde_json::Value| -> Vec<String> {
-        v["instances"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|i| i["instanceId"].as_str().unwrap().to_string())
-            .collect()
-    };
+    let ids = crate::harness::instance_ids;
     for (query, want) in [
         ("", vec!["o1", "o2", "o3"]),
         ("?zone=b", vec!["o2", "o3"]),

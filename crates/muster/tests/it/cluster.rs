@@ -11,12 +11,7 @@ use crate::harness::{Cluster, JsonBody, Muster};
 
 async fn ids(m: &Muster, service: &str) -> BTreeSet<String> {
     let (_, v) = m.get(&format!("/v1/services/{service}?status=any")).await;
-    v["instances"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|i| i["instanceId"].as_str().unwrap().to_string())
-        .collect()
+    crate::harness::instance_ids(&v).into_iter().collect()
 }
 
 #[tokio::test]

@@ -394,3 +394,13 @@ impl Cluster {
         panic!("node {id} did not apply index {index} within 20s");
     }
 }
+
+/// The instance ids of a service listing (`{"instances": [...]}`), in order.
+pub(crate) fn instance_ids(v: &Value) -> Vec<String> {
+    v["instances"]
+        .as_array()
+        .expect("instances")
+        .iter()
+        .map(|i| i["instanceId"].as_str().expect("id").to_string())
+        .collect()
+}

@@ -560,9 +560,18 @@ impl Registry {
             .get(id)
             .ok_or_else(|| ApplyError::UnknownInstance(id.into()))?;
         if existing.ready == ready {
-            return Ok(Applied::Updated {
-                instance: existing.clone(),
-            });
+            // Still out of rotation, for a new reason (e.g. held out for flapping): say so.
+            let out = matches!(existing.status, Status::Starting | Status::Unhealthy);
+            if ready || !out || existing.status_reason == reason {
+                return Ok(Applied::Updated {
+                    instance: existing.clone(),
+                });
+            }
+            let mut next = Instance::clone(existing);
+            next.status_reason = reason.to_string();
+            next.modify_index = self.index;
+            let instance = self.store(next, events);
+            return Ok(Applied::Updated { instance });
         }
         let mut next = Instance::clone(existing);
         next.ready = ready;

@@ -87,6 +87,45 @@ fn register_starting_then_ready_on_heartbeat() {
 }
 
 #[test]
+fn a_new_reason_for_staying_out_is_recorded_and_nothing_else_is() {
+    let mut h = Harness::new();
+    h.apply(register("inv", "i1", false)).unwrap();
+    let out = |reason: &str| Command::SetReadiness {
+        instance_id: "i1".into(),
+        ready: false,
+        reason: reason.into(),
+        at: 5,
+    };
+    h.apply(out("flapping")).unwrap();
+    let inst = h.reg.get("i1").unwrap();
+    assert_eq!(
+        (inst.status, inst.status_reason.as_str(), inst.modify_index),
+        (Status::Starting, "flapping", 2)
+    );
+    assert_eq!(h.events.len(), 1);
+    h.apply(out("flapping")).unwrap();
+    assert!(h.events.is_empty(), "the same reason again changes nothing");
+    let ready = Command::SetReadiness {
+        instance_id: "i1".into(),
+        ready: true,
+        reason: "ok".into(),
+        at: 6,
+    };
+    h.apply(ready.clone()).unwrap();
+    h.apply(Command::SetReadiness {
+        instance_id: "i1".into(),
+        ready: true,
+        reason: "still ok".into(),
+        at: 7,
+    })
+    .unwrap();
+    assert!(
+        h.events.is_empty(),
+        "a ready instance's reason does not churn"
+    );
+}
+
+#[test]
 fn healthy_at_once_without_check() {
     let mut h = Harness::new();
     h.apply(register("inv", "i1", true)).unwrap();

@@ -345,7 +345,19 @@ pub(super) async fn renew_local(
         }
         Err(_) => return Err(ApiError::unknown_instance(id)),
     };
-    if let Some(ready) = ready {
+    // An instance whose check the server probes enters rotation when the check passes, not
+    // when it says so; it may still take itself out.
+    let probed = app.raft.read(|r| {
+        r.get(id)
+            .and_then(|i| i.spec.check.as_ref())
+            .is_some_and(|c| {
+                matches!(
+                    c.kind,
+                    muster_core::CheckKind::Http | muster_core::CheckKind::Tcp
+                )
+            })
+    });
+    if let Some(ready) = ready.filter(|r| !probed || !*r) {
         let current = app.raft.read(|r| r.get(id).map(|i| i.ready));
         if current.is_some_and(|c| c != ready) {
             let reason = if ready {

@@ -3,6 +3,7 @@
 //! [`Server::start`] opens the store, recovers the registry through Raft, starts the lease
 //! sweeper and serves HTTP; [`Server::shutdown`] stops them in reverse order.
 
+pub mod checker;
 pub mod config;
 pub mod forward;
 pub mod http;
@@ -33,6 +34,7 @@ pub struct Applier {
     hub: Arc<Hub>,
     leases: Arc<Leases>,
     metrics: Arc<Metrics>,
+    checker: Option<Arc<checker::Checker>>,
 }
 
 impl Applier {
@@ -42,7 +44,14 @@ impl Applier {
             hub,
             leases,
             metrics,
+            checker: None,
         }
+    }
+
+    /// Also feeds `checker`.
+    pub fn with_checker(mut self, checker: Arc<checker::Checker>) -> Self {
+        self.checker = Some(checker);
+        self
     }
 
     fn count(&self, views: &[Arc<hub::ServiceView>]) {
@@ -70,6 +79,9 @@ impl ApplyObserver for Applier {
     fn applied(&self, registry: &Registry, events: &[Event], registered: &[Arc<Instance>]) {
         let changed = self.hub.applied(registry, events);
         self.leases.applied(registry, events, registered);
+        if let Some(c) = &self.checker {
+            c.applied(registry, events);
+        }
         let expired = events
             .iter()
             .filter(|e| e.kind == EventKind::Delete && e.instance.status == Status::Expired)
@@ -81,6 +93,9 @@ impl ApplyObserver for Applier {
     fn restored(&self, registry: &Registry) {
         self.hub.restored(registry);
         self.leases.restored(registry);
+        if let Some(c) = &self.checker {
+            c.restored(registry);
+        }
         self.metrics.instances.clear();
         self.count(&self.hub.views());
     }
@@ -154,11 +169,13 @@ impl Server {
             config.expiry_protection_max,
         ));
         let metrics = Arc::new(Metrics::new());
-        let applier = Arc::new(Applier {
-            hub: hub.clone(),
-            leases: leases.clone(),
-            metrics: metrics.clone(),
-        });
+        let checker = Arc::new(checker::Checker::new(
+            muster_core::health::FlapPolicy::default(),
+        )?);
+        let applier = Arc::new(
+            Applier::new(hub.clone(), leases.clone(), metrics.clone())
+                .with_checker(checker.clone()),
+        );
         let settings = RaftSettings {
             node_id: cfg.node_id,
             advertise_addr: cfg
@@ -185,6 +202,7 @@ impl Server {
                 .run_sweeper(raft.clone(), shutdown_rx.clone()),
         );
         tokio::spawn(raft.clone().run_prober(shutdown_rx.clone()));
+        tokio::spawn(checker.run(raft.clone(), shutdown_rx.clone()));
         let limits = Limits {
             max_instances_per_service: cfg.max_instances_per_service,
             max_instances: cfg.max_instances,

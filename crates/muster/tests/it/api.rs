@@ -42,6 +42,26 @@ async fn register_heartbeat_status_lookup_deregister() {
         v["instance"]["createIndex"]
     );
 
+    // Its readiness check is probed by the server (and 10.42.6.18 does not answer here): a
+    // heartbeat claiming readiness does not put it in rotation.
+    m.post(
+        &format!("/v1/instances/{id}/heartbeat"),
+        json!({"ready": true}),
+    )
+    .await;
+    let (_, one) = m.get(&format!("/v1/instances/{id}")).await;
+    assert_eq!(one["status"], "STARTING");
+
+    // Re-registered with a TTL check (readiness from heartbeats), it keeps its identity.
+    let mut ttl: serde_json::Value = serde_json::from_str(DESIGN_EXAMPLE).unwrap();
+    ttl.as_object_mut().unwrap().remove("healthEndpoint");
+    ttl["check"] = json!({"type": "ttl"});
+    let (status, v2) = m.post("/v1/instances", ttl).await;
+    assert_eq!(
+        (status, &v2["instance"]["createIndex"]),
+        (200, &v["instance"]["createIndex"])
+    );
+
     // Heartbeat reporting ready: HEALTHY, and discoverable.
     let (status, hb) = m
         .post(

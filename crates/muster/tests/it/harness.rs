@@ -404,3 +404,62 @@ pub(crate) fn instance_ids(v: &Value) -> Vec<String> {
         .map(|i| i["instanceId"].as_str().expect("id").to_string())
         .collect()
 }
+
+/// A minimal HTTP target for active checks: answers every request with 200 while `ready`, 503
+/// otherwise; or, when `hang`, accepts and never answers.
+pub(crate) struct Target {
+    pub(crate) port: u16,
+    pub(crate) ready: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Target {
+    pub(crate) async fn http(ready: bool, hang: bool) -> Target {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let flag = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(ready));
+        let state = flag.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((mut sock, _)) = listener.accept().await else {
+                    return;
+                };
+                let state = state.clone();
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 2048];
+                    let _ = sock.read(&mut buf).await;
+                    if hang {
+                        tokio::time::sleep(Duration::from_secs(3600)).await;
+                        return;
+                    }
+                    let status = if state.load(std::sync::atomic::Ordering::SeqCst) {
+                        "200 OK"
+                    } else {
+                        "503 Service Unavailable"
+                    };
+                    let _ = sock
+                        .write_all(format!("HTTP/1.1 {status}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n").as_bytes())
+                        .await;
+                });
+            }
+        });
+        Target {
+            port,
+            ready: flag,
+            task,
+        }
+    }
+
+    pub(crate) fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Drop for Target {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}

@@ -3,6 +3,7 @@
 mod api;
 mod bad_input;
 mod blocking;
+mod checks;
 mod cli;
 mod cluster;
 mod durability;

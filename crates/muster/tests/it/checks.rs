@@ -1,0 +1,130 @@
+//! Active checks against real targets started by the test: an HTTP server whose readiness
+//! flips, a TCP listener, a target that hangs.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::harness::{Muster, Target};
+
+fn checked(id: &str, port: u16, check: Value) -> Value {
+    json!({"service": "web", "instanceId": id, "host": "127.0.0.1", "port": port, "check": check})
+}
+
+async fn status(m: &Muster, id: &str) -> (String, String) {
+    let (_, v) = m.get(&format!("/v1/instances/{id}")).await;
+    (
+        v["status"].as_str().unwrap_or("").to_string(),
+        v["statusReason"].as_str().unwrap_or("").to_string(),
+    )
+}
+
+/// Waits (bounded) until `id` has `want` status; returns its reason.
+async fn until(m: &Muster, id: &str, want: &str) -> String {
+    for _ in 0..100 {
+        let (s, reason) = status(m, id).await;
+        if s == want {
+            return reason;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{id} never became {want}: {:?}", status(m, id).await);
+}
+
+fn http_check() -> Value {
+    json!({"type": "http", "target": "/ready", "interval": "100ms", "timeout": "100ms",
+           "successBeforeHealthy": 2, "failuresBeforeUnhealthy": 2})
+}
+
+#[tokio::test]
+async fn readiness_follows_the_http_check() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = Muster::start_in(dir.path(), &[]);
+    let target = Target::http(false, false).await;
+    assert_eq!(
+        m.post("/v1/instances", checked("w1", target.port, http_check()))
+            .await
+            .0,
+        201
+    );
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(
+        status(&m, "w1").await.0,
+        "STARTING",
+        "not ready: not in rotation"
+    );
+    // It heartbeats and claims to be ready: the check decides, not the claim.
+    m.post("/v1/instances/w1/heartbeat", json!({"ready": true}))
+        .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (_, list) = m.get("/v1/services/web").await;
+    assert_eq!(
+        list["instances"],
+        json!([]),
+        "a heartbeating instance that fails readiness is not discoverable"
+    );
+
+    target.set_ready(true);
+    assert_eq!(until(&m, "w1", "HEALTHY").await, "check passed");
+    target.set_ready(false);
+    assert_eq!(until(&m, "w1", "UNHEALTHY").await, "check failed: HTTP 503");
+    assert_eq!(
+        m.get("/v1/instances/w1").await.0,
+        200,
+        "out of rotation, not expired"
+    );
+    m.stop();
+}
+
+#[tokio::test]
+async fn tcp_checks_and_a_hanging_target_delays_nobody() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = Muster::start_in(dir.path(), &[]);
+    let hanging = Target::http(true, true).await;
+    let good = Target::http(true, false).await;
+    let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let tcp_port = tcp.local_addr().unwrap().port();
+    m.post("/v1/instances", checked("hang", hanging.port, http_check()))
+        .await;
+    m.post("/v1/instances", checked("good", good.port, http_check()))
+        .await;
+    let tcp_check = json!({"type": "tcp", "interval": "100ms", "timeout": "100ms", "successBeforeHealthy": 1, "failuresBeforeUnhealthy": 1});
+    m.post("/v1/instances", checked("tcp", tcp_port, tcp_check))
+        .await;
+    until(&m, "good", "HEALTHY").await;
+    until(&m, "tcp", "HEALTHY").await;
+    assert_eq!(status(&m, "hang").await.0, "STARTING");
+    drop(tcp);
+    let reason = until(&m, "tcp", "UNHEALTHY").await;
+    assert!(reason.starts_with("check failed: connect to"), "{reason}");
+    m.stop();
+}
+
+#[tokio::test]
+async fn a_flapping_instance_is_held_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = Muster::start_in(dir.path(), &[]);
+    let target = Target::http(true, false).await;
+    let check = json!({"type": "http", "target": "/ready", "interval": "100ms", "timeout": "100ms",
+                       "successBeforeHealthy": 1, "failuresBeforeUnhealthy": 1});
+    m.post("/v1/instances", checked("f1", target.port, check))
+        .await;
+    until(&m, "f1", "HEALTHY").await;
+    // Up and down and up: the fourth change within a minute makes it flapping.
+    let mut reason = String::new();
+    for _ in 0..30 {
+        target.set_ready(!target.ready.load(std::sync::atomic::Ordering::SeqCst));
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        reason = status(&m, "f1").await.1;
+        if reason == "flapping" {
+            break;
+        }
+    }
+    assert_eq!(reason, "flapping");
+    // Held out for the cool-down even though the target is ready now.
+    target.set_ready(true);
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let (s, reason) = status(&m, "f1").await;
+    assert!(s != "HEALTHY" && reason == "flapping", "{s} {reason}");
+    m.stop();
+}

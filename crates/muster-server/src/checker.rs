@@ -15,12 +15,13 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use muster_core::health::{FlapPolicy, Probe, Tracker};
+use muster_core::health::{FLAPPING, FlapPolicy, Probe, Tracker};
 use muster_core::{Check, CheckKind, Command, Event, EventKind, Instance, Registry};
 use tokio::sync::{Notify, Semaphore, mpsc, watch};
 use tokio::time::Instant;
 
 use crate::leases::wall_ms;
+use crate::metrics::{Metrics, ProbeLabels, TransitionLabels, TypeLabels};
 use crate::raft::RaftNode;
 
 /// Probes in flight at once.
@@ -39,6 +40,7 @@ struct Entry {
 /// The checks to run and their trackers.
 pub struct Checker {
     entries: Mutex<HashMap<String, Entry>>,
+    metrics: Arc<Metrics>,
     epoch: Instant,
     wake: Notify,
     flap: FlapPolicy,
@@ -47,13 +49,14 @@ pub struct Checker {
 
 impl Checker {
     /// A checker that damps flapping with `flap`.
-    pub fn new(flap: FlapPolicy) -> Result<Self, String> {
+    pub fn new(flap: FlapPolicy, metrics: Arc<Metrics>) -> Result<Self, String> {
         let http = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| format!("cannot build the check client: {e}"))?;
         Ok(Checker {
             entries: Mutex::default(),
+            metrics,
             epoch: Instant::now(),
             wake: Notify::new(),
             flap,
@@ -67,6 +70,15 @@ impl Checker {
 
     fn now(&self) -> u64 {
         u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Instances held out for flapping now.
+    pub fn flapping(&self) -> usize {
+        let now = self.now();
+        self.lock()
+            .values()
+            .filter(|e| e.tracker.held_until().is_some_and(|t| t > now))
+            .count()
     }
 
     /// Number of instances checked.
@@ -163,11 +175,30 @@ impl Checker {
                         (id.clone(), e.check.clone(), e.host.clone(), e.port);
                     let (tx, permits, http, epoch) =
                         (tx.clone(), permits.clone(), self.http.clone(), self.epoch);
+                    let metrics = self.metrics.clone();
                     tokio::spawn(async move {
                         let Ok(_permit) = permits.acquire_owned().await else {
                             return;
                         };
+                        let started = Instant::now();
                         let probe = probe(&http, &check, &host, port).await;
+                        let kind = if check.kind == CheckKind::Http {
+                            "http"
+                        } else {
+                            "tcp"
+                        };
+                        let result = if probe == Probe::Pass { "pass" } else { "fail" };
+                        metrics
+                            .probes
+                            .get_or_create(&ProbeLabels {
+                                r#type: kind,
+                                result,
+                            })
+                            .inc();
+                        metrics
+                            .probe_latency
+                            .get_or_create(&TypeLabels { r#type: kind })
+                            .observe(started.elapsed().as_secs_f64());
                         let done = u64::try_from(epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
                         let _ = tx.send((id, probe, done));
                     });
@@ -201,6 +232,15 @@ impl Checker {
             e.tracker.observe(&result, done, &e.check, &self.flap)
         };
         if let Some(v) = verdict {
+            let to = match (v.ready, v.reason == FLAPPING) {
+                (_, true) => "flapping",
+                (true, _) => "ready",
+                (false, _) => "not_ready",
+            };
+            self.metrics
+                .check_transitions
+                .get_or_create(&TransitionLabels { to })
+                .inc();
             let raft = raft.clone();
             tokio::spawn(async move {
                 let cmd = Command::SetReadiness {

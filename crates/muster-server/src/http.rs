@@ -53,6 +53,8 @@ pub struct AppState {
     pub limits: Limits,
     /// Sends heartbeats that reach a follower on to the leader.
     pub forwarder: crate::forward::HeartbeatForwarder,
+    /// Active checks.
+    pub checker: Arc<crate::checker::Checker>,
 }
 
 type AppRef = State<Arc<AppState>>;
@@ -803,6 +805,8 @@ async fn metrics(State(app): AppRef) -> Response {
     m.leases.set(app.leases.len() as i64);
     let protection = app.leases.protection();
     m.expiry_protection.set(i64::from(protection.active));
+    m.checked.set(app.checker.len() as i64);
+    m.flapping.set(app.checker.flapping() as i64);
     m.leases_at_risk.set(protection.at_risk as i64);
     let mut resp = m.encode().into_response();
     resp.headers_mut().insert(

@@ -171,6 +171,7 @@ impl Server {
         let metrics = Arc::new(Metrics::new());
         let checker = Arc::new(checker::Checker::new(
             muster_core::health::FlapPolicy::default(),
+            metrics.clone(),
         )?);
         let applier = Arc::new(
             Applier::new(hub.clone(), leases.clone(), metrics.clone())
@@ -202,7 +203,7 @@ impl Server {
                 .run_sweeper(raft.clone(), shutdown_rx.clone()),
         );
         tokio::spawn(raft.clone().run_prober(shutdown_rx.clone()));
-        tokio::spawn(checker.run(raft.clone(), shutdown_rx.clone()));
+        tokio::spawn(checker.clone().run(raft.clone(), shutdown_rx.clone()));
         let limits = Limits {
             max_instances_per_service: cfg.max_instances_per_service,
             max_instances: cfg.max_instances,
@@ -216,6 +217,7 @@ impl Server {
             store,
             limits,
             forwarder,
+            checker: checker.clone(),
         });
         if let Some(join) = cfg.join.clone() {
             tokio::spawn(join_cluster(

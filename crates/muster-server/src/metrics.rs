@@ -26,6 +26,29 @@ pub struct ResultLabels {
     pub result: &'static str,
 }
 
+/// `type` and `result` labels of a probe.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProbeLabels {
+    /// `http` or `tcp`.
+    pub r#type: &'static str,
+    /// `pass` or `fail`.
+    pub result: &'static str,
+}
+
+/// `type` label.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TypeLabels {
+    /// `http` or `tcp`.
+    pub r#type: &'static str,
+}
+
+/// `to` label of a readiness transition.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TransitionLabels {
+    /// `ready`, `not_ready` or `flapping`.
+    pub to: &'static str,
+}
+
 /// `route` and `method` labels.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RouteLabels {
@@ -75,6 +98,16 @@ pub struct Metrics {
     pub expiry_protection: Gauge,
     /// Leases silent for over half their TTL (as last assessed).
     pub leases_at_risk: Gauge,
+    /// Probes by check type and result.
+    pub probes: Family<ProbeLabels, Counter>,
+    /// Probe latency by check type.
+    pub probe_latency: Family<TypeLabels, Histogram, fn() -> Histogram>,
+    /// Readiness transitions decided by checks.
+    pub check_transitions: Family<TransitionLabels, Counter>,
+    /// Instances with an active check (on the leader).
+    pub checked: Gauge,
+    /// Instances held out for flapping.
+    pub flapping: Gauge,
     /// Heartbeat batches a follower sent on to the leader.
     pub forwarded_batches: Counter,
     /// Heartbeats a follower sent on to the leader.
@@ -104,6 +137,11 @@ impl Metrics {
             leases: Gauge::default(),
             expiry_protection: Gauge::default(),
             leases_at_risk: Gauge::default(),
+            probes: Family::default(),
+            probe_latency: Family::new_with_constructor(latency_histogram),
+            check_transitions: Family::default(),
+            checked: Gauge::default(),
+            flapping: Gauge::default(),
             forwarded_batches: Counter::default(),
             forwarded_heartbeats: Counter::default(),
             forwarded_bytes: Counter::default(),
@@ -180,6 +218,31 @@ impl Metrics {
             "leases_at_risk",
             "Leases silent for over half their TTL, as last assessed by the leader",
             m.leases_at_risk.clone(),
+        );
+        registry.register(
+            "check_probes",
+            "Active check probes by type and result",
+            m.probes.clone(),
+        );
+        registry.register(
+            "check_probe_duration_seconds",
+            "Active check probe latency by type",
+            m.probe_latency.clone(),
+        );
+        registry.register(
+            "check_transitions",
+            "Readiness transitions decided by active checks",
+            m.check_transitions.clone(),
+        );
+        registry.register(
+            "checked_instances",
+            "Instances with an active check",
+            m.checked.clone(),
+        );
+        registry.register(
+            "flapping_instances",
+            "Instances held out of rotation for flapping",
+            m.flapping.clone(),
         );
         registry.register(
             "forwarded_heartbeat_batches",

@@ -73,6 +73,17 @@ async fn readiness_follows_the_http_check() {
         200,
         "out of rotation, not expired"
     );
+    let text = m.metrics().await;
+    for needle in [
+        "muster_check_probes_total{type=\"http\",result=\"pass\"}",
+        "muster_check_probes_total{type=\"http\",result=\"fail\"}",
+        "muster_check_probe_duration_seconds_count{type=\"http\"}",
+        "muster_check_transitions_total{to=\"ready\"} 1",
+        "muster_check_transitions_total{to=\"not_ready\"} 1",
+        "muster_checked_instances 1",
+    ] {
+        assert!(text.contains(needle), "metrics lack {needle}:\n{text}");
+    }
     m.stop();
 }
 
@@ -126,5 +137,11 @@ async fn a_flapping_instance_is_held_out() {
     tokio::time::sleep(Duration::from_millis(600)).await;
     let (s, reason) = status(&m, "f1").await;
     assert!(s != "HEALTHY" && reason == "flapping", "{s} {reason}");
+    let text = m.metrics().await;
+    assert!(text.contains("muster_flapping_instances 1"), "{text}");
+    assert!(
+        text.contains("muster_check_transitions_total{to=\"flapping\"} 1"),
+        "{text}"
+    );
     m.stop();
 }

@@ -52,6 +52,12 @@ pub struct Config {
     pub expiry_protection_min_leases: usize,
     /// Longest mass-expiry protection holds before expiry resumes, e.g. `"5m"`.
     pub expiry_protection_max: String,
+    /// Readiness changes within `flap_window` that make an instance flapping.
+    pub flap_max_changes: u32,
+    /// The flap-counting window, e.g. `"60s"`.
+    pub flap_window: String,
+    /// How long a flapping instance is held out of rotation, e.g. `"60s"`.
+    pub flap_cooldown: String,
     /// Most instances in the registry.
     pub max_instances: u32,
     /// Most instances in one service.
@@ -89,6 +95,9 @@ impl Default for Config {
             expiry_protection_threshold: 0.3,
             expiry_protection_min_leases: 10,
             expiry_protection_max: "5m".into(),
+            flap_max_changes: 4,
+            flap_window: "60s".into(),
+            flap_cooldown: "60s".into(),
             max_instances: 200_000,
             max_instances_per_service: 10_000,
             max_body_bytes: 256 * 1024,
@@ -115,6 +124,8 @@ pub struct ValidConfig {
     pub write_timeout: Duration,
     /// Parsed `expiry_protection_max`.
     pub expiry_protection_max: Duration,
+    /// Parsed flap damping.
+    pub flap: muster_core::health::FlapPolicy,
     /// Parsed `raft_heartbeat_interval`.
     pub heartbeat_interval: Duration,
     /// Parsed `raft_election_timeout_min`.
@@ -299,11 +310,24 @@ impl Config {
         if expiry_protection_max > Duration::from_secs(24 * 3600) {
             return Err(err("expiry_protection_max", "must be at most 24h"));
         }
+        if self.flap_max_changes < 2 {
+            return Err(err(
+                "flap_max_changes",
+                format!("must be at least 2, got {}", self.flap_max_changes),
+            ));
+        }
+        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        let flap = muster_core::health::FlapPolicy {
+            max_transitions: self.flap_max_changes,
+            window_ms: ms(duration("flap_window", &self.flap_window)?),
+            cooldown_ms: ms(duration("flap_cooldown", &self.flap_cooldown)?),
+        };
         Ok(ValidConfig {
             config: self,
             peers,
             write_timeout,
             expiry_protection_max,
+            flap,
             heartbeat_interval,
             election_timeout_min,
             election_timeout_max,
@@ -356,6 +380,8 @@ mod tests {
                 "expiry_protection_threshold",
             ),
             ("expiry_protection_max = \"2d\"", "expiry_protection_max"),
+            ("flap_max_changes = 1", "flap_max_changes"),
+            ("flap_window = \"soon\"", "flap_window"),
             ("peers = [\"1=http://a:1\", \"2=http://a:1\"]", "peers"),
             ("peers = [\"1=http://0.0.0.0:1\"]", "peers"),
             (

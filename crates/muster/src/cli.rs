@@ -191,6 +191,15 @@ pub(crate) struct ServerArgs {
     /// Longest mass-expiry protection holds, e.g. 5m.
     #[arg(long, env = "MUSTER_EXPIRY_PROTECTION_MAX")]
     pub(crate) expiry_protection_max: Option<String>,
+    /// Readiness changes within the flap window that make an instance flapping.
+    #[arg(long, env = "MUSTER_FLAP_MAX_CHANGES")]
+    pub(crate) flap_max_changes: Option<u32>,
+    /// The flap-counting window, e.g. 60s.
+    #[arg(long, env = "MUSTER_FLAP_WINDOW")]
+    pub(crate) flap_window: Option<String>,
+    /// How long a flapping instance is held out, e.g. 60s.
+    #[arg(long, env = "MUSTER_FLAP_COOLDOWN")]
+    pub(crate) flap_cooldown: Option<String>,
     /// Most instances in the registry.
     #[arg(long, env = "MUSTER_MAX_INSTANCES")]
     pub(crate) max_instances: Option<u32>,

@@ -70,6 +70,9 @@ pub(crate) fn layered(args: ServerArgs) -> anyhow::Result<Config> {
         expiry_protection_threshold,
         expiry_protection_min_leases,
         expiry_protection_max,
+        flap_max_changes,
+        flap_window,
+        flap_cooldown,
     );
     if args.advertise_addr.is_some() {
         c.advertise_addr = args.advertise_addr;

@@ -114,7 +114,7 @@ async fn tcp_checks_and_a_hanging_target_delays_nobody() {
 #[tokio::test]
 async fn a_flapping_instance_is_held_out() {
     let dir = tempfile::tempdir().unwrap();
-    let m = Muster::start_in(dir.path(), &[]);
+    let m = Muster::start_in(dir.path(), &["--flap-cooldown", "2s"]);
     let target = Target::http(true, false).await;
     let check = json!({"type": "http", "target": "/ready", "interval": "100ms", "timeout": "100ms",
                        "successBeforeHealthy": 1, "failuresBeforeUnhealthy": 1});
@@ -143,5 +143,7 @@ async fn a_flapping_instance_is_held_out() {
         text.contains("muster_check_transitions_total{to=\"flapping\"} 1"),
         "{text}"
     );
+    // After the cool-down (2 s here) it re-enters normally.
+    assert_eq!(until(&m, "f1", "HEALTHY").await, "check passed");
     m.stop();
 }

@@ -97,6 +97,17 @@ impl Tracker {
         self.ready
     }
 
+    /// Takes the registry's readiness when it differs from this tracker's (a change the tracker
+    /// did not make: a heartbeat, another node's check before a failover, a proposal that did
+    /// not commit): counting starts over from there.
+    pub fn sync(&mut self, ready: bool) {
+        if self.ready != ready {
+            self.ready = ready;
+            self.passes = 0;
+            self.failures = 0;
+        }
+    }
+
     /// Until when the instance is held out for flapping, if it is.
     pub fn held_until(&self) -> Option<u64> {
         self.held_until

@@ -1,17 +1,20 @@
 //! Active readiness checks: the leader probes every instance registered with an `http` or `tcp`
-//! check (gRPC health checks are not probed yet: such instances report readiness on heartbeats), feeds the results to a [`muster_core::health::Tracker`], and writes only transitions
-//! to the log (as `SetReadiness`).
+//! check (gRPC health checks are not probed yet: such instances report readiness on heartbeats),
+//! feeds the results to a [`muster_core::health::Tracker`], and writes only transitions to the
+//! log (as `SetReadiness`).
 //!
 //! ```text
-//!  applied events ──▶ Checker::applied (which instances, which checks)
-//!  run loop (leader): due probes ──▶ spawned, bounded by a semaphore, each with its timeout
+//!  applied events ──▶ Checker::applied (which instances, which checks; trackers follow the
+//!                     registry's readiness, whoever changed it)
+//!  run loop (leader): due queue ──▶ probes spawned, bounded by a semaphore, each with its timeout
 //!                     results ──▶ Tracker::observe ──▶ Verdict? ──▶ propose SetReadiness
 //! ```
 //!
 //! A slow or hanging target holds only its own probe (and one permit): the others go on. The
 //! checks run on the leader; spreading them over the members is the next step.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -28,18 +31,35 @@ use crate::raft::RaftNode;
 const MAX_IN_FLIGHT: usize = 256;
 
 struct Entry {
+    /// Changes when the entry is replaced, so a result for the old one is ignored.
+    generation: u64,
     check: Check,
     host: String,
     port: u16,
     tracker: Tracker,
-    /// Monotonic ms when the next probe is due.
+    /// Monotonic ms when the next probe is due (its key in the due queue).
     due: u64,
-    in_flight: bool,
+}
+
+#[derive(Default)]
+struct State {
+    entries: HashMap<String, Entry>,
+    /// `(due, id)` of every entry whose probe is not running (a running one is absent).
+    queue: BTreeSet<(u64, String)>,
+}
+
+/// A probe's outcome on its way back to the loop.
+struct Outcome {
+    id: String,
+    generation: u64,
+    probe: Probe,
+    done: u64,
 }
 
 /// The checks to run and their trackers.
 pub struct Checker {
-    entries: Mutex<HashMap<String, Entry>>,
+    state: Mutex<State>,
+    generations: AtomicU64,
     metrics: Arc<Metrics>,
     epoch: Instant,
     wake: Notify,
@@ -55,7 +75,8 @@ impl Checker {
             .build()
             .map_err(|e| format!("cannot build the check client: {e}"))?;
         Ok(Checker {
-            entries: Mutex::default(),
+            state: Mutex::default(),
+            generations: AtomicU64::new(0),
             metrics,
             epoch: Instant::now(),
             wake: Notify::new(),
@@ -64,64 +85,63 @@ impl Checker {
         })
     }
 
-    fn lock(&self) -> MutexGuard<'_, HashMap<String, Entry>> {
-        self.entries.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn now(&self) -> u64 {
         u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
+    /// Number of instances checked.
+    pub fn len(&self) -> usize {
+        self.lock().entries.len()
+    }
+
+    /// Whether no instance is checked.
+    pub fn is_empty(&self) -> bool {
+        self.lock().entries.is_empty()
+    }
+
     /// Instances held out for flapping now.
     pub fn flapping(&self) -> usize {
         let now = self.now();
         self.lock()
+            .entries
             .values()
             .filter(|e| e.tracker.held_until().is_some_and(|t| t > now))
             .count()
     }
 
-    /// Number of instances checked.
-    pub fn len(&self) -> usize {
-        self.lock().len()
-    }
-
-    /// Whether no instance is checked.
-    pub fn is_empty(&self) -> bool {
-        self.lock().is_empty()
-    }
-
     /// Follows an applied batch: instances with an active check are (re)scheduled, others and
-    /// gone ones forgotten. A changed check starts over; readiness changes keep the history.
+    /// gone ones forgotten; every tracker takes the registry's readiness.
     pub fn applied(&self, registry: &Registry, events: &[Event]) {
         let now = self.now();
-        let mut entries = self.lock();
+        let mut state = self.lock();
         for ev in events {
             let id = ev.instance.spec.instance_id.as_str();
             match (ev.kind, registry.get(id)) {
-                (EventKind::Upsert, Some(inst)) => self.follow(&mut entries, inst, now),
-                _ => {
-                    entries.remove(id);
-                }
+                (EventKind::Upsert, Some(inst)) => self.follow(&mut state, inst, now),
+                _ => forget(&mut state, id),
             }
         }
-        drop(entries);
+        drop(state);
         self.wake.notify_one();
     }
 
     /// The registry was replaced: follow every checked instance afresh.
     pub fn restored(&self, registry: &Registry) {
         let now = self.now();
-        let mut entries = self.lock();
-        entries.clear();
+        let mut state = self.lock();
+        *state = State::default();
         for inst in registry.instances() {
-            self.follow(&mut entries, inst, now);
+            self.follow(&mut state, inst, now);
         }
-        drop(entries);
+        drop(state);
         self.wake.notify_one();
     }
 
-    fn follow(&self, entries: &mut HashMap<String, Entry>, inst: &Instance, now: u64) {
+    fn follow(&self, state: &mut State, inst: &Instance, now: u64) {
         let id = &inst.spec.instance_id;
         let Some(check) = inst
             .spec
@@ -129,79 +149,54 @@ impl Checker {
             .clone()
             .filter(|c| matches!(c.kind, CheckKind::Http | CheckKind::Tcp))
         else {
-            entries.remove(id);
+            forget(state, id);
             return;
         };
-        match entries.get_mut(id) {
-            Some(e) if e.check == check && e.host == inst.spec.host && e.port == inst.spec.port => {
-            }
-            _ => {
-                let entry = Entry {
-                    check,
-                    host: inst.spec.host.clone(),
-                    port: inst.spec.port,
-                    tracker: Tracker::new(inst.ready),
-                    due: now,
-                    in_flight: false,
-                };
-                entries.insert(id.clone(), entry);
-            }
+        if let Some(e) = state.entries.get_mut(id)
+            && e.check == check
+            && e.host == inst.spec.host
+            && e.port == inst.spec.port
+        {
+            // Same check: readiness may have changed without this tracker.
+            e.tracker.sync(inst.ready);
+            return;
         }
+        forget(state, id);
+        let entry = Entry {
+            generation: self.generations.fetch_add(1, Ordering::Relaxed),
+            check,
+            host: inst.spec.host.clone(),
+            port: inst.spec.port,
+            tracker: Tracker::new(inst.ready),
+            due: now,
+        };
+        state.queue.insert((now, id.clone()));
+        state.entries.insert(id.clone(), entry);
     }
 
     /// Probes while this node leads, until `shutdown` turns true.
     pub async fn run(self: Arc<Self>, raft: Arc<RaftNode>, mut shutdown: watch::Receiver<bool>) {
         let permits = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
-        let (tx, mut results) = mpsc::unbounded_channel::<(String, Probe, u64)>();
+        let (tx, mut results) = mpsc::unbounded_channel::<Outcome>();
         loop {
             if *shutdown.borrow() {
                 return;
             }
             let now = self.now();
-            let leading = raft.leading_term().is_some();
             let mut next_due = now + 1_000;
-            if leading {
-                let mut entries = self.lock();
-                for (id, e) in entries.iter_mut() {
-                    if e.in_flight {
-                        continue;
+            if raft.leading_term().is_some() {
+                let mut state = self.lock();
+                while let Some((due, id)) = state.queue.first().cloned() {
+                    if due > now {
+                        next_due = next_due.min(due);
+                        break;
                     }
-                    if e.due > now {
-                        next_due = next_due.min(e.due);
+                    state.queue.pop_first();
+                    let Some(e) = state.entries.get(&id) else {
                         continue;
-                    }
-                    e.in_flight = true;
-                    let (id, check, host, port) =
-                        (id.clone(), e.check.clone(), e.host.clone(), e.port);
-                    let (tx, permits, http, epoch) =
-                        (tx.clone(), permits.clone(), self.http.clone(), self.epoch);
-                    let metrics = self.metrics.clone();
-                    tokio::spawn(async move {
-                        let Ok(_permit) = permits.acquire_owned().await else {
-                            return;
-                        };
-                        let started = Instant::now();
-                        let probe = probe(&http, &check, &host, port).await;
-                        let kind = if check.kind == CheckKind::Http {
-                            "http"
-                        } else {
-                            "tcp"
-                        };
-                        let result = if probe == Probe::Pass { "pass" } else { "fail" };
-                        metrics
-                            .probes
-                            .get_or_create(&ProbeLabels {
-                                r#type: kind,
-                                result,
-                            })
-                            .inc();
-                        metrics
-                            .probe_latency
-                            .get_or_create(&TypeLabels { r#type: kind })
-                            .observe(started.elapsed().as_secs_f64());
-                        let done = u64::try_from(epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
-                        let _ = tx.send((id, probe, done));
-                    });
+                    };
+                    let job = (e.check.clone(), e.host.clone(), e.port, e.due, e.generation);
+                    self.spawn_probe(id, job, &tx, &permits);
                 }
             }
             let sleep =
@@ -209,51 +204,122 @@ impl Checker {
             tokio::select! {
                 biased;
                 _ = shutdown.changed() => return,
-                Some((id, result, done)) = results.recv() => self.record(&raft, id, result, done),
+                Some(outcome) = results.recv() => self.record(&raft, outcome),
                 _ = self.wake.notified() => {}
                 _ = sleep => {}
             }
             // Take every result that is already there.
-            while let Ok((id, result, done)) = results.try_recv() {
-                self.record(&raft, id, result, done);
+            while let Ok(outcome) = results.try_recv() {
+                self.record(&raft, outcome);
             }
         }
     }
 
-    /// Feeds one result to its tracker and proposes the transition it decides, if any.
-    fn record(&self, raft: &Arc<RaftNode>, id: String, result: Probe, done: u64) {
-        let verdict = {
-            let mut entries = self.lock();
-            let Some(e) = entries.get_mut(&id) else {
+    fn spawn_probe(
+        &self,
+        id: String,
+        (check, host, port, due, generation): (Check, String, u16, u64, u64),
+        tx: &mpsc::UnboundedSender<Outcome>,
+        permits: &Arc<Semaphore>,
+    ) {
+        let (tx, permits, http, epoch, metrics) = (
+            tx.clone(),
+            permits.clone(),
+            self.http.clone(),
+            self.epoch,
+            self.metrics.clone(),
+        );
+        tokio::spawn(async move {
+            let Ok(_permit) = permits.acquire_owned().await else {
                 return;
             };
-            e.in_flight = false;
-            e.due = done + e.check.interval;
-            e.tracker.observe(&result, done, &e.check, &self.flap)
-        };
-        if let Some(v) = verdict {
-            let to = match (v.ready, v.reason == FLAPPING) {
-                (_, true) => "flapping",
-                (true, _) => "ready",
-                (false, _) => "not_ready",
+            let started = Instant::now();
+            let late = u64::try_from(epoch.elapsed().as_millis())
+                .unwrap_or(u64::MAX)
+                .saturating_sub(due);
+            metrics.check_drift.observe(late as f64 / 1000.0);
+            let probe = probe(&http, &check, &host, port).await;
+            let kind = if check.kind == CheckKind::Http {
+                "http"
+            } else {
+                "tcp"
             };
-            self.metrics
-                .check_transitions
-                .get_or_create(&TransitionLabels { to })
+            let result = if probe == Probe::Pass { "pass" } else { "fail" };
+            metrics
+                .probes
+                .get_or_create(&ProbeLabels {
+                    r#type: kind,
+                    result,
+                })
                 .inc();
-            let raft = raft.clone();
-            tokio::spawn(async move {
-                let cmd = Command::SetReadiness {
-                    instance_id: id.clone(),
-                    ready: v.ready,
-                    reason: v.reason,
-                    at: wall_ms(),
-                };
-                if let Err(e) = raft.propose_local(cmd).await {
-                    tracing::warn!(instance = %id, error = %e, "could not record a readiness change");
-                }
+            metrics
+                .probe_latency
+                .get_or_create(&TypeLabels { r#type: kind })
+                .observe(started.elapsed().as_secs_f64());
+            let done = u64::try_from(epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
+            let _ = tx.send(Outcome {
+                id,
+                generation,
+                probe,
+                done,
             });
-        }
+        });
+    }
+
+    /// Feeds one result to its tracker, schedules the next probe, and proposes the transition
+    /// the tracker decides, if any.
+    fn record(&self, raft: &Arc<RaftNode>, outcome: Outcome) {
+        let Outcome {
+            id,
+            generation,
+            probe,
+            done,
+        } = outcome;
+        let verdict = {
+            let mut state = self.lock();
+            let Some(e) = state.entries.get_mut(&id) else {
+                return;
+            };
+            if e.generation != generation {
+                return; // the entry was replaced while this probe ran
+            }
+            e.due = done + e.check.interval;
+            let verdict = e.tracker.observe(&probe, done, &e.check, &self.flap);
+            let due = e.due;
+            state.queue.insert((due, id.clone()));
+            verdict
+        };
+        let Some(v) = verdict else { return };
+        let to = match (v.ready, v.reason == FLAPPING) {
+            (_, true) => "flapping",
+            (true, _) => "ready",
+            (false, _) => "not_ready",
+        };
+        self.metrics
+            .check_transitions
+            .get_or_create(&TransitionLabels { to })
+            .inc();
+        let raft = raft.clone();
+        tokio::spawn(async move {
+            let cmd = Command::SetReadiness {
+                instance_id: id.clone(),
+                ready: v.ready,
+                reason: v.reason,
+                at: wall_ms(),
+            };
+            if let Err(e) = raft.propose_local(cmd).await {
+                // The registry did not change: the next applied change (or none) stands. The
+                // tracker is re-synced from the registry on every applied change of this
+                // instance; until then its next verdict retries the same transition.
+                tracing::warn!(instance = %id, error = %e, "could not record a readiness change");
+            }
+        });
+    }
+}
+
+fn forget(state: &mut State, id: &str) {
+    if let Some(e) = state.entries.remove(id) {
+        state.queue.remove(&(e.due, id.to_string()));
     }
 }
 

@@ -102,6 +102,8 @@ pub struct Metrics {
     pub probes: Family<ProbeLabels, Counter>,
     /// Probe latency by check type.
     pub probe_latency: Family<TypeLabels, Histogram, fn() -> Histogram>,
+    /// How late probes start against their schedule.
+    pub check_drift: Histogram,
     /// Readiness transitions decided by checks.
     pub check_transitions: Family<TransitionLabels, Counter>,
     /// Instances with an active check (on the leader).
@@ -139,6 +141,7 @@ impl Metrics {
             leases_at_risk: Gauge::default(),
             probes: Family::default(),
             probe_latency: Family::new_with_constructor(latency_histogram),
+            check_drift: latency_histogram(),
             check_transitions: Family::default(),
             checked: Gauge::default(),
             flapping: Gauge::default(),
@@ -228,6 +231,11 @@ impl Metrics {
             "check_probe_duration_seconds",
             "Active check probe latency by type",
             m.probe_latency.clone(),
+        );
+        registry.register(
+            "check_schedule_drift_seconds",
+            "How late active check probes start against their schedule",
+            m.check_drift.clone(),
         );
         registry.register(
             "check_transitions",

@@ -142,3 +142,18 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn sync_takes_a_change_made_elsewhere() {
+    let (c, f) = (check(2, 2), FlapPolicy::default());
+    let mut t = Tracker::new(true);
+    // Taken out by a heartbeat: passing probes bring it back after the threshold.
+    t.sync(false);
+    assert_eq!(t.observe(&Probe::Pass, 0, &c, &f), None);
+    assert!(
+        t.observe(&Probe::Pass, 1_000, &c, &f)
+            .is_some_and(|v| v.ready)
+    );
+    t.sync(true);
+    assert!(t.ready());
+}

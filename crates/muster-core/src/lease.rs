@@ -253,15 +253,16 @@ impl LeaseTable {
         }
     }
 
-    /// Gives every lapsed lease that `held` holds a full TTL from `now`; returns how many. Called
-    /// when protection ends because renewals resumed: instances still on their way back get
-    /// time to heartbeat, and the ones that are really gone expire one TTL later.
-    pub fn rearm_held(&mut self, now: u64, held: &Assessment) -> usize {
+    /// Gives every lapsed lease of a service that `released` picks a full TTL from `now`;
+    /// returns how many. Called when protection lets go of services because renewals resumed:
+    /// instances still on their way back get time to heartbeat, and the ones that are really
+    /// gone expire one TTL later.
+    pub fn rearm_held(&mut self, now: u64, released: impl Fn(&str) -> bool) -> usize {
         let lapsed: Vec<Arc<str>> = self
             .by_deadline
             .iter()
             .take_while(|(deadline, _)| *deadline <= now)
-            .filter(|(_, id)| self.leases.get(id).is_some_and(|l| held.holds(&l.service)))
+            .filter(|(_, id)| self.leases.get(id).is_some_and(|l| released(&l.service)))
             .map(|(_, id)| id.clone())
             .collect();
         for id in &lapsed {

@@ -190,6 +190,18 @@ impl Leases {
         self.nudge(0);
     }
 
+    /// Forgets the protection episode this node ran as leader: the next leader judges afresh
+    /// (every lease re-armed with a full TTL), and this node no longer reports it.
+    fn stand_down(&self) {
+        let mut p = self.protection.lock().unwrap_or_else(|p| p.into_inner());
+        if p.since.is_some() {
+            tracing::info!("not leading: mass-expiry protection state dropped");
+        }
+        p.since = None;
+        p.bound_reached = false;
+        p.last = Assessment::default();
+    }
+
     /// Assesses the table for mass-expiry protection, logs the start and end of an episode, and
     /// returns what the sweeper must hold.
     fn protect(&self, table: &mut LeaseTable, now: u64) -> Assessment {
@@ -216,13 +228,27 @@ impl Leases {
                     "mass-expiry protection reached its bound: expiring again"
                 );
             }
+            (Some(_), true) if !p.bound_reached => {
+                // Still on, but services whose renewals resumed are let go: their lapsed
+                // leases get a fresh TTL, as when the whole episode ends.
+                let last = &p.last;
+                let rearmed = table.rearm_held(now, |s| last.holds(s) && !a.holds(s));
+                if rearmed > 0 {
+                    tracing::info!(
+                        rearmed,
+                        services = ?a.held_services,
+                        "mass-expiry protection narrowed: renewals resumed for some services"
+                    );
+                }
+            }
             (Some(_), false) => {
                 // Renewals resumed: whatever was held and is still lapsed gets a fresh TTL to
                 // come back in (unless the bound had already let expiry resume).
                 let rearmed = if p.bound_reached {
                     0
                 } else {
-                    table.rearm_held(now, &p.last)
+                    let last = &p.last;
+                    table.rearm_held(now, |s| last.holds(s))
                 };
                 p.since = None;
                 p.bound_reached = false;
@@ -339,6 +365,7 @@ impl Leases {
                 return;
             }
             if leadership.borrow_and_update().is_none() {
+                self.stand_down();
                 tokio::select! {
                     biased;
                     _ = leadership.changed() => {}
@@ -416,4 +443,42 @@ pub fn wall_ms() -> u64 {
     SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_service_let_go_while_others_stay_held_gets_a_fresh_ttl() {
+        let config = ProtectionConfig {
+            threshold: 0.3,
+            min_leases: 1_000, // registry-wide test off: only per-service holds
+            min_service: 5,
+        };
+        let leases = Leases::new(config, Duration::from_secs(300));
+        let mut table = LeaseTable::new();
+        for svc in ["a", "b"] {
+            for i in 0..10 {
+                table.track(&format!("{svc}-{i}"), svc, 1_000, 1, 0);
+            }
+        }
+        // Both services went silent and lapsed: both held, nothing expires.
+        let held = leases.protect(&mut table, 1_100);
+        assert!(held.holds("a") && held.holds("b"), "{held:?}");
+        assert!(table.lapsed(1_100, 100, &held).is_empty());
+        // Eight of a's ten come back: a is let go, b stays held.
+        for i in 0..8 {
+            table.renew_held(&format!("a-{i}"), 1_200).unwrap();
+        }
+        let held = leases.protect(&mut table, 1_300);
+        assert!(!held.holds("a") && held.holds("b"), "{held:?}");
+        // a's two stragglers got a full TTL instead of expiring at once; b's stay held.
+        assert!(table.lapsed(1_300, 100, &held).is_empty());
+        assert_eq!(table.info("a-9").map(|i| i.deadline), Some(2_300));
+        assert_eq!(table.info("b-0").map(|i| i.deadline), Some(1_000));
+        // Losing the lead forgets the episode.
+        leases.stand_down();
+        assert!(leases.protection().since.is_none());
+    }
 }

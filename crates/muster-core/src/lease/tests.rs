@@ -116,7 +116,7 @@ fn half_the_fleet_going_silent_holds_expiries() {
     // the ones still on their way get a fresh TTL instead of expiring at once.
     let after = t.assess(5_200, &cfg);
     assert!(!after.holds_anything(), "{after:?}");
-    assert_eq!(t.rearm_held(5_200, &a), 5);
+    assert_eq!(t.rearm_held(5_200, |s| a.holds(s)), 5);
     assert!(t.lapsed(5_200, 100, &none()).is_empty());
     assert_eq!(
         t.info("pay-9").map(|i| i.deadline),

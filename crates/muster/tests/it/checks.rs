@@ -84,6 +84,24 @@ async fn readiness_follows_the_http_check() {
     ] {
         assert!(text.contains(needle), "metrics lack {needle}:\n{text}");
     }
+    // A second instance, in rotation, says itself that it is not ready. The checker follows that
+    // change (it did not make it), and the passing check puts the instance back rather than
+    // leaving it out for good.
+    target.set_ready(true);
+    assert_eq!(
+        m.post("/v1/instances", checked("w2", target.port, http_check()))
+            .await
+            .0,
+        201
+    );
+    until(&m, "w2", "HEALTHY").await;
+    m.post("/v1/instances/w2/heartbeat", json!({"ready": false}))
+        .await;
+    assert_eq!(
+        status(&m, "w2").await,
+        ("UNHEALTHY".into(), "heartbeat reported not ready".into())
+    );
+    assert_eq!(until(&m, "w2", "HEALTHY").await, "check passed");
     m.stop();
 }
 

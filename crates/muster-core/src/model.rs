@@ -39,6 +39,12 @@ pub const DEFAULT_LEASE_TTL_MS: u64 = 30_000;
 pub const MAX_REASON_LEN: usize = 256;
 /// Longest check target (a path, URL, `host:port` or gRPC service name).
 pub const MAX_CHECK_TARGET_LEN: usize = 1024;
+/// Most headers an HTTP check may send.
+pub const MAX_CHECK_HEADERS: usize = 16;
+/// Longest header name of an HTTP check.
+pub const MAX_CHECK_HEADER_NAME_LEN: usize = 64;
+/// Longest header value of an HTTP check.
+pub const MAX_CHECK_HEADER_VALUE_LEN: usize = 1024;
 
 /// Where an instance is in its lifecycle (DESIGN.md §3).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -114,6 +120,23 @@ pub enum CheckKind {
     Ttl,
 }
 
+/// The request method of an HTTP check.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum CheckMethod {
+    /// `GET` (the default).
+    #[default]
+    Get,
+    /// `HEAD`: the status without a body.
+    Head,
+}
+
+impl CheckMethod {
+    fn is_get(&self) -> bool {
+        *self == CheckMethod::Get
+    }
+}
+
 /// A validated readiness check attached to an instance.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -135,6 +158,12 @@ pub struct Check {
     pub success_before_healthy: u32,
     /// Consecutive failures before an instance counts as not ready.
     pub failures_before_unhealthy: u32,
+    /// HTTP only: the request method.
+    #[serde(default, skip_serializing_if = "CheckMethod::is_get")]
+    pub method: CheckMethod,
+    /// HTTP only: headers sent with each probe (lower-case names).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: BTreeMap<String, String>,
 }
 
 /// Default interval between probes.
@@ -163,6 +192,10 @@ pub struct CheckRequest {
     pub success_before_healthy: Option<serde_json::Number>,
     /// See [`Check::failures_before_unhealthy`].
     pub failures_before_unhealthy: Option<serde_json::Number>,
+    /// `GET` or `HEAD` (HTTP checks only).
+    pub method: Option<String>,
+    /// Headers to send (HTTP checks only).
+    pub headers: Option<BTreeMap<String, String>>,
 }
 
 /// A registration as it arrives on the wire (`POST /v1/instances`).
@@ -575,6 +608,7 @@ fn validate_check(req: CheckRequest, field: &str) -> Result<Check, ValidationErr
             ),
         ));
     }
+    let (method, headers) = http_options(kind, req.method, req.headers, &f)?;
     let duration = |v: Option<String>, sub: &str, default: u64| -> Result<u64, ValidationError> {
         let Some(text) = v else { return Ok(default) };
         let ms = parse_duration_ms(&text).map_err(|m| ValidationError::invalid(f(sub), m))?;
@@ -622,7 +656,90 @@ fn validate_check(req: CheckRequest, field: &str) -> Result<Check, ValidationErr
             "failuresBeforeUnhealthy",
             DEFAULT_FAILURES_BEFORE_UNHEALTHY,
         )?,
+        method,
+        headers,
     })
+}
+
+/// Validates an HTTP check's method and headers (refused on other kinds of check).
+fn http_options(
+    kind: CheckKind,
+    method: Option<String>,
+    headers: Option<BTreeMap<String, String>>,
+    f: &dyn Fn(&str) -> String,
+) -> Result<(CheckMethod, BTreeMap<String, String>), ValidationError> {
+    if kind != CheckKind::Http {
+        for (given, sub) in [(method.is_some(), "method"), (headers.is_some(), "headers")] {
+            if given {
+                return Err(ValidationError::invalid(
+                    f(sub),
+                    format!("{sub} applies to HTTP checks only"),
+                ));
+            }
+        }
+    }
+    let method = match method.as_deref() {
+        None | Some("GET") => CheckMethod::Get,
+        Some("HEAD") => CheckMethod::Head,
+        Some(other) => {
+            return Err(ValidationError::invalid(
+                f("method"),
+                format!("check method must be GET or HEAD, got {other:?}"),
+            ));
+        }
+    };
+    let headers = headers.unwrap_or_default();
+    if headers.len() > MAX_CHECK_HEADERS {
+        return Err(ValidationError::invalid(
+            f("headers"),
+            format!(
+                "at most {MAX_CHECK_HEADERS} check headers, got {}",
+                headers.len()
+            ),
+        ));
+    }
+    let token = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
+    let mut out = BTreeMap::new();
+    for (name, value) in headers {
+        let field = f(&format!("headers.{name}"));
+        if name.is_empty() || name.len() > MAX_CHECK_HEADER_NAME_LEN || !name.chars().all(token) {
+            return Err(ValidationError::invalid(
+                field,
+                format!(
+                    "a header name must be 1-{MAX_CHECK_HEADER_NAME_LEN} token characters, got {name:?}"
+                ),
+            ));
+        }
+        let lower = name.to_ascii_lowercase();
+        if matches!(
+            lower.as_str(),
+            "content-length" | "transfer-encoding" | "connection"
+        ) {
+            return Err(ValidationError::invalid(
+                field,
+                format!("the {lower} header is set by the prober, not by a check"),
+            ));
+        }
+        if value.len() > MAX_CHECK_HEADER_VALUE_LEN
+            || !value
+                .chars()
+                .all(|c| c == ' ' || c == '\t' || c.is_ascii_graphic())
+        {
+            return Err(ValidationError::invalid(
+                field,
+                format!(
+                    "a header value must be at most {MAX_CHECK_HEADER_VALUE_LEN} bytes of visible ASCII"
+                ),
+            ));
+        }
+        if out.insert(lower, value).is_some() {
+            return Err(ValidationError::invalid(
+                field,
+                "header given twice (names are case-insensitive)",
+            ));
+        }
+    }
+    Ok((method, out))
 }
 
 #[cfg(test)]

@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use muster_core::health::{FLAPPING, FlapPolicy, Probe, Tracker};
-use muster_core::{Check, CheckKind, Command, Event, EventKind, Instance, Registry};
+use muster_core::{Check, CheckKind, CheckMethod, Command, Event, EventKind, Instance, Registry};
 use tokio::sync::{Notify, Semaphore, mpsc, watch};
 use tokio::time::Instant;
 
@@ -323,7 +323,8 @@ fn forget(state: &mut State, id: &str) {
     }
 }
 
-/// Runs one probe: an HTTP request that must answer 2xx/3xx, or a TCP connect.
+/// Runs one probe: an HTTP request (the check's method and headers) that must answer 2xx/3xx,
+/// or a TCP connect.
 async fn probe(http: &reqwest::Client, check: &Check, host: &str, port: u16) -> Probe {
     let timeout = Duration::from_millis(check.timeout);
     match check.kind {
@@ -339,7 +340,14 @@ async fn probe(http: &reqwest::Client, check: &Check, host: &str, port: u16) -> 
                 };
                 format!("http://{host}:{port}{}", check.target)
             };
-            match http.get(&url).timeout(timeout).send().await {
+            let mut request = match check.method {
+                CheckMethod::Get => http.get(&url),
+                CheckMethod::Head => http.head(&url),
+            };
+            for (name, value) in &check.headers {
+                request = request.header(name, value);
+            }
+            match request.timeout(timeout).send().await {
                 Ok(r) if r.status().is_success() || r.status().is_redirection() => Probe::Pass,
                 Ok(r) => Probe::Fail(format!("HTTP {}", r.status().as_u16())),
                 Err(e) if e.is_timeout() => Probe::Fail(format!("timed out after {timeout:?}")),

@@ -10,6 +10,8 @@ fn check(success: u32, failures: u32) -> Check {
         timeout: 500,
         success_before_healthy: success,
         failures_before_unhealthy: failures,
+        method: Default::default(),
+        headers: Default::default(),
     }
 }
 

@@ -104,6 +104,43 @@ fn out_of_range_values_say_what_was_expected() {
             "must not exceed",
         ),
         (
+            base(r#","check":{"type":"tcp","method":"GET"}"#),
+            "check.method",
+            "HTTP checks only",
+        ),
+        (
+            base(r#","check":{"type":"http","target":"/r","method":"POST"}"#),
+            "check.method",
+            "GET or HEAD",
+        ),
+        (
+            base(r#","check":{"type":"http","target":"/r","headers":{"bad name":"v"}}"#),
+            "check.headers.bad name",
+            "token characters",
+        ),
+        (
+            base(r#","check":{"type":"http","target":"/r","headers":{"Content-Length":"5"}}"#),
+            "check.headers.Content-Length",
+            "set by the prober",
+        ),
+        (
+            base(r#","check":{"type":"http","target":"/r","headers":{"a":"x\u0000"}}"#),
+            "check.headers.a",
+            "visible ASCII",
+        ),
+        (
+            base(r#","check":{"type":"http","target":"/r","headers":{"X-A":"1","x-a":"2"}}"#),
+            "check.headers.x-a",
+            "given twice",
+        ),
+        (
+            base(
+                r#","check":{"type":"http","target":"/r","headers":{"h0":"v","h1":"v","h2":"v","h3":"v","h4":"v","h5":"v","h6":"v","h7":"v","h8":"v","h9":"v","h10":"v","h11":"v","h12":"v","h13":"v","h14":"v","h15":"v","h16":"v"}}"#,
+            ),
+            "check.headers",
+            "at most 16",
+        ),
+        (
             base(&format!(r#","version":"{}""#, "v".repeat(65))),
             "version",
             "at most 64",

@@ -150,6 +150,21 @@ async fn each_class_of_bad_input() {
         "invalid_field",
         Some("leaseTtl"),
     );
+    let headers: serde_json::Map<String, Value> =
+        (0..17).map(|i| (format!("h{i}"), json!("v"))).collect();
+    check(
+        m.post(
+            "/v1/instances",
+            with(
+                "check",
+                json!({"type": "http", "target": "/r", "headers": headers}),
+            ),
+        )
+        .await,
+        422,
+        "invalid_field",
+        Some("check.headers"),
+    );
     let tags: Vec<String> = (0..33).map(|i| format!("t{i}")).collect();
     check(
         m.post("/v1/instances", with("tags", json!(tags))).await,

@@ -106,6 +106,33 @@ async fn readiness_follows_the_http_check() {
 }
 
 #[tokio::test]
+async fn an_http_check_sends_its_method_and_headers() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = Muster::start_in(dir.path(), &[]);
+    let target = Target::http(true, false).await;
+    let mut check = http_check();
+    check["method"] = json!("HEAD");
+    check["headers"] = json!({"X-Probe": "muster", "Host": "web.internal"});
+    assert_eq!(
+        m.post("/v1/instances", checked("w1", target.port, check))
+            .await
+            .0,
+        201
+    );
+    assert_eq!(until(&m, "w1", "HEALTHY").await, "check passed");
+    let head = target.last_request().to_ascii_lowercase();
+    assert!(head.starts_with("head /ready http/1.1\r\n"), "{head}");
+    for line in ["x-probe: muster\r\n", "host: web.internal\r\n"] {
+        assert!(head.contains(line), "{line:?} not sent:\n{head}");
+    }
+    // Stored as given (names lower-cased), shown back.
+    let (_, one) = m.get("/v1/instances/w1").await;
+    assert_eq!(one["check"]["method"], "HEAD");
+    assert_eq!(one["check"]["headers"]["x-probe"], "muster");
+    m.stop();
+}
+
+#[tokio::test]
 async fn tcp_checks_and_a_hanging_target_delays_nobody() {
     let dir = tempfile::tempdir().unwrap();
     let m = Muster::start_in(dir.path(), &[]);

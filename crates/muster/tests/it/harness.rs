@@ -410,6 +410,7 @@ pub(crate) fn instance_ids(v: &Value) -> Vec<String> {
 pub(crate) struct Target {
     pub(crate) port: u16,
     pub(crate) ready: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    last: std::sync::Arc<std::sync::Mutex<String>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -422,15 +423,19 @@ impl Target {
         let port = listener.local_addr().expect("addr").port();
         let flag = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(ready));
         let state = flag.clone();
+        let last = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let seen_all = last.clone();
         let task = tokio::spawn(async move {
             loop {
                 let Ok((mut sock, _)) = listener.accept().await else {
                     return;
                 };
-                let state = state.clone();
+                let (state, seen) = (state.clone(), seen_all.clone());
                 tokio::spawn(async move {
                     let mut buf = [0u8; 2048];
-                    let _ = sock.read(&mut buf).await;
+                    let n = sock.read(&mut buf).await.unwrap_or(0);
+                    *seen.lock().unwrap_or_else(|p| p.into_inner()) =
+                        String::from_utf8_lossy(&buf[..n]).into_owned();
                     if hang {
                         tokio::time::sleep(Duration::from_secs(3600)).await;
                         return;
@@ -449,8 +454,14 @@ impl Target {
         Target {
             port,
             ready: flag,
+            last,
             task,
         }
+    }
+
+    /// The head of the last request received (HTTP targets).
+    pub(crate) fn last_request(&self) -> String {
+        self.last.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     pub(crate) fn set_ready(&self, ready: bool) {

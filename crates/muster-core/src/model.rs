@@ -120,6 +120,13 @@ pub enum CheckKind {
     Ttl,
 }
 
+impl CheckKind {
+    /// Whether the server probes this kind of check (every kind but `ttl`).
+    pub fn is_probed(self) -> bool {
+        self != CheckKind::Ttl
+    }
+}
+
 /// The request method of an HTTP check.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "UPPERCASE")]

@@ -505,11 +505,7 @@ impl Registry {
                 transition(&mut next, Status::Draining, given("drain requested"), at)
             }
             (Status::Draining | Status::Starting, Status::Healthy) => {
-                let no_active_check = next
-                    .spec
-                    .check
-                    .as_ref()
-                    .is_none_or(|c| c.kind == crate::CheckKind::Ttl);
+                let no_active_check = next.spec.check.as_ref().is_none_or(|c| !c.kind.is_probed());
                 if next.status == Status::Starting && !no_active_check {
                     return Err(ApplyError::InvalidTransition {
                         from: Status::Starting,

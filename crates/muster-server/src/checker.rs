@@ -1,6 +1,5 @@
-//! Active readiness checks: the leader probes every instance registered with an `http` or `tcp`
-//! check (gRPC health checks are not probed yet: such instances report readiness on heartbeats),
-//! feeds the results to a [`muster_core::health::Tracker`], and writes only transitions to the
+//! Active readiness checks: the leader probes every instance registered with an `http`, `tcp` or
+//! `grpc` (`grpc.health.v1`) check, feeds the results to a [`muster_core::health::Tracker`], and writes only transitions to the
 //! log (as `SetReadiness`).
 //!
 //! ```text
@@ -143,12 +142,7 @@ impl Checker {
 
     fn follow(&self, state: &mut State, inst: &Instance, now: u64) {
         let id = &inst.spec.instance_id;
-        let Some(check) = inst
-            .spec
-            .check
-            .clone()
-            .filter(|c| matches!(c.kind, CheckKind::Http | CheckKind::Tcp))
-        else {
+        let Some(check) = inst.spec.check.clone().filter(|c| c.kind.is_probed()) else {
             forget(state, id);
             return;
         };
@@ -239,10 +233,10 @@ impl Checker {
                 .saturating_sub(due);
             metrics.check_drift.observe(late as f64 / 1000.0);
             let probe = probe(&http, &check, &host, port).await;
-            let kind = if check.kind == CheckKind::Http {
-                "http"
-            } else {
-                "tcp"
+            let kind = match check.kind {
+                CheckKind::Http => "http",
+                CheckKind::Tcp => "tcp",
+                CheckKind::Grpc | CheckKind::Ttl => "grpc",
             };
             let result = if probe == Probe::Pass { "pass" } else { "fail" };
             metrics
@@ -366,9 +360,48 @@ async fn probe(http: &reqwest::Client, check: &Check, host: &str, port: u16) -> 
                 Err(_) => Probe::Fail(format!("connect to {target} timed out after {timeout:?}")),
             }
         }
+        CheckKind::Grpc => grpc_probe(&check.target, host, port, timeout).await,
         // Not followed by the checker (see `follow`): never reached.
-        CheckKind::Grpc | CheckKind::Ttl => {
-            Probe::Fail(format!("{:?} checks are not probed", check.kind))
-        }
+        CheckKind::Ttl => Probe::Fail("ttl checks are not probed".into()),
+    }
+}
+
+/// A `grpc.health.v1.Health/Check` call for `service` (empty: the server as a whole) over a
+/// fresh plaintext HTTP/2 connection; only `SERVING` passes.
+async fn grpc_probe(service: &str, host: &str, port: u16, timeout: Duration) -> Probe {
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::health_client::HealthClient;
+
+    let host = if host.contains(':') {
+        format!("[{host}]")
+    } else {
+        host.to_string()
+    };
+    let endpoint = match tonic::transport::Endpoint::from_shared(format!("http://{host}:{port}")) {
+        Ok(e) => e.connect_timeout(timeout).timeout(timeout),
+        Err(e) => return Probe::Fail(format!("bad gRPC address: {e}")),
+    };
+    let call = async {
+        let channel = endpoint
+            .connect()
+            .await
+            .map_err(|e| format!("connect to {host}:{port} failed: {e}"))?;
+        let response = HealthClient::new(channel)
+            .check(HealthCheckRequest {
+                service: service.to_string(),
+            })
+            .await
+            .map_err(|s| format!("gRPC health check failed: {:?}: {}", s.code(), s.message()))?;
+        Ok::<_, String>(response.into_inner().status)
+    };
+    match tokio::time::timeout(timeout, call).await {
+        Err(_) => Probe::Fail(format!("timed out after {timeout:?}")),
+        Ok(Err(why)) => Probe::Fail(why),
+        Ok(Ok(status)) if status == ServingStatus::Serving as i32 => Probe::Pass,
+        Ok(Ok(status)) => Probe::Fail(format!(
+            "gRPC health: {}",
+            ServingStatus::try_from(status).map_or("UNKNOWN", |s| s.as_str_name())
+        )),
     }
 }

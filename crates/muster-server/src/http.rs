@@ -352,12 +352,7 @@ pub(super) async fn renew_local(
     let probed = app.raft.read(|r| {
         r.get(id)
             .and_then(|i| i.spec.check.as_ref())
-            .is_some_and(|c| {
-                matches!(
-                    c.kind,
-                    muster_core::CheckKind::Http | muster_core::CheckKind::Tcp
-                )
-            })
+            .is_some_and(|c| c.kind.is_probed())
     });
     if let Some(ready) = ready.filter(|r| !probed || !*r) {
         let current = app.raft.read(|r| r.get(id).map(|i| i.ready));

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::harness::{Muster, Target};
+use crate::harness::{GrpcTarget, Muster, Target};
 
 fn checked(id: &str, port: u16, check: Value) -> Value {
     json!({"service": "web", "instanceId": id, "host": "127.0.0.1", "port": port, "check": check})
@@ -129,6 +129,47 @@ async fn an_http_check_sends_its_method_and_headers() {
     let (_, one) = m.get("/v1/instances/w1").await;
     assert_eq!(one["check"]["method"], "HEAD");
     assert_eq!(one["check"]["headers"]["x-probe"], "muster");
+    m.stop();
+}
+
+#[tokio::test]
+async fn readiness_follows_the_grpc_health_check() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = Muster::start_in(dir.path(), &[]);
+    let target = GrpcTarget::start().await;
+    target.set("orders.v1.Orders", false).await;
+    let check = json!({"type": "grpc", "target": "orders.v1.Orders", "interval": "100ms",
+                       "timeout": "100ms", "successBeforeHealthy": 1, "failuresBeforeUnhealthy": 1});
+    assert_eq!(
+        m.post("/v1/instances", checked("g1", target.port, check.clone()))
+            .await
+            .0,
+        201
+    );
+    // An unknown service name fails too (NOT_FOUND from the health server).
+    let mut unknown = check;
+    unknown["target"] = json!("nope.v1.Nope");
+    m.post("/v1/instances", checked("g2", target.port, unknown))
+        .await;
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(status(&m, "g1").await.0, "STARTING", "NOT_SERVING: out");
+    assert_eq!(status(&m, "g2").await.0, "STARTING", "unknown service: out");
+
+    target.set("orders.v1.Orders", true).await;
+    assert_eq!(until(&m, "g1", "HEALTHY").await, "check passed");
+    target.set("orders.v1.Orders", false).await;
+    assert_eq!(
+        until(&m, "g1", "UNHEALTHY").await,
+        "check failed: gRPC health: NOT_SERVING"
+    );
+    assert_eq!(status(&m, "g2").await.0, "STARTING");
+    let text = m.metrics().await;
+    for needle in [
+        "muster_check_probes_total{type=\"grpc\",result=\"pass\"}",
+        "muster_check_probes_total{type=\"grpc\",result=\"fail\"}",
+    ] {
+        assert!(text.contains(needle), "metrics lack {needle}");
+    }
     m.stop();
 }
 

@@ -474,3 +474,48 @@ impl Drop for Target {
         self.task.abort();
     }
 }
+
+/// A gRPC server that speaks `grpc.health.v1`, with one named service whose status the test sets.
+pub(crate) struct GrpcTarget {
+    pub(crate) port: u16,
+    reporter: tonic_health::server::HealthReporter,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl GrpcTarget {
+    pub(crate) async fn start() -> GrpcTarget {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let (reporter, service) = tonic_health::server::health_reporter();
+        let incoming = tonic::transport::server::TcpIncoming::from(listener);
+        let task = tokio::spawn(async move {
+            let _ = tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming(incoming)
+                .await;
+        });
+        GrpcTarget {
+            port,
+            reporter,
+            task,
+        }
+    }
+
+    /// Sets the status of `service`.
+    pub(crate) async fn set(&self, service: &str, serving: bool) {
+        let status = if serving {
+            tonic_health::ServingStatus::Serving
+        } else {
+            tonic_health::ServingStatus::NotServing
+        };
+        self.reporter.set_service_status(service, status).await;
+    }
+}
+
+impl Drop for GrpcTarget {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}

@@ -323,8 +323,7 @@ async fn probe(http: &reqwest::Client, check: &Check, host: &str, port: u16) -> 
     let timeout = Duration::from_millis(check.timeout);
     match check.kind {
         CheckKind::Http => {
-            let url = if check.target.starts_with("http://") || check.target.starts_with("https://")
-            {
+            let url = if check.target.starts_with("http://") {
                 check.target.clone()
             } else {
                 let host = if host.contains(':') {

@@ -104,6 +104,11 @@ fn out_of_range_values_say_what_was_expected() {
             "must not exceed",
         ),
         (
+            base(r#","check":{"type":"http","target":"https://10.0.0.1/ready"}"#),
+            "check.target",
+            "HTTPS check targets are not supported yet",
+        ),
+        (
             base(r#","check":{"type":"tcp","method":"GET"}"#),
             "check.method",
             "HTTP checks only",

@@ -236,7 +236,8 @@ impl Checker {
             let kind = match check.kind {
                 CheckKind::Http => "http",
                 CheckKind::Tcp => "tcp",
-                CheckKind::Grpc | CheckKind::Ttl => "grpc",
+                CheckKind::Grpc => "grpc",
+                CheckKind::Ttl => "ttl", // never probed (see `follow`)
             };
             let result = if probe == Probe::Pass { "pass" } else { "fail" };
             metrics

@@ -100,6 +100,12 @@ impl Assessment {
     pub fn holds(&self, service: &str) -> bool {
         self.registry_held || self.held_services.contains(service)
     }
+
+    /// Whether `later` lets go of something this assessment held.
+    pub fn releases_some(&self, later: &Assessment) -> bool {
+        (self.registry_held && !later.registry_held)
+            || self.held_services.iter().any(|s| !later.holds(s))
+    }
 }
 
 /// Lease deadlines by instance, ordered by deadline (for sweeps) and by risk (for protection).

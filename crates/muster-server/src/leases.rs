@@ -228,7 +228,7 @@ impl Leases {
                     "mass-expiry protection reached its bound: expiring again"
                 );
             }
-            (Some(_), true) if !p.bound_reached => {
+            (Some(_), true) if !p.bound_reached && p.last.releases_some(&a) => {
                 // Still on, but services whose renewals resumed are let go: their lapsed
                 // leases get a fresh TTL, as when the whole episode ends.
                 let last = &p.last;

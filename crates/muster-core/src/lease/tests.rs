@@ -169,3 +169,17 @@ fn one_service_can_be_held_while_the_rest_expires() {
     fleet(&mut t, 2, "tiny");
     assert!(!t.assess(3_000, &cfg).holds_anything());
 }
+
+#[test]
+fn releases_some_sees_any_service_let_go() {
+    let held = |registry: bool, services: &[&str]| Assessment {
+        registry_held: registry,
+        held_services: services.iter().map(|s| Arc::from(*s)).collect(),
+        ..Assessment::default()
+    };
+    assert!(held(false, &["a", "b"]).releases_some(&held(false, &["b"])));
+    assert!(held(true, &[]).releases_some(&held(false, &["a"])));
+    assert!(!held(false, &["a"]).releases_some(&held(false, &["a", "b"])));
+    assert!(!held(false, &["a"]).releases_some(&held(true, &[])));
+    assert!(!none().releases_some(&none()));
+}

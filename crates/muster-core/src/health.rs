@@ -92,6 +92,22 @@ impl Tracker {
         }
     }
 
+    /// A tracker for an instance held out for flapping until `until` (a tracker taking over an
+    /// instance another node held out).
+    pub fn held(until: u64) -> Self {
+        Tracker {
+            held_until: Some(until),
+            ..Tracker::new(false)
+        }
+    }
+
+    /// Starts counting consecutive results over (this node takes the probing back after
+    /// another member did it: what it counted before is stale).
+    pub fn restart(&mut self) {
+        self.passes = 0;
+        self.failures = 0;
+    }
+
     /// Readiness as this tracker last decided it.
     pub fn ready(&self) -> bool {
         self.ready

@@ -1,24 +1,35 @@
-//! Active readiness checks: the leader probes every instance registered with an `http`, `tcp` or
-//! `grpc` (`grpc.health.v1`) check, feeds the results to a [`muster_core::health::Tracker`], and writes only transitions to the
-//! log (as `SetReadiness`).
+//! Active readiness checks: every member probes its share of the instances registered with an
+//! `http`, `tcp` or `grpc` (`grpc.health.v1`) check, feeds the results to a
+//! [`muster_core::health::Tracker`], and writes only transitions to the log (as `SetReadiness`,
+//! forwarded to the leader like any write).
 //!
 //! ```text
 //!  applied events ──▶ Checker::applied (which instances, which checks; trackers follow the
 //!                     registry's readiness, whoever changed it)
-//!  run loop (leader): due queue ──▶ probes spawned, bounded by a semaphore, each with its timeout
+//!  run loop:          due queue ──▶ mine on the ring? ──▶ probe spawned, bounded by a semaphore,
+//!                                                         each with its timeout
 //!                     results ──▶ Tracker::observe ──▶ Verdict? ──▶ propose SetReadiness
 //! ```
 //!
-//! A slow or hanging target holds only its own probe (and one permit): the others go on. The
-//! checks run on the leader; spreading them over the members is the next step.
+//! Every member follows every check; which one probes an instance is decided by a ketama ring
+//! (consistent hashing, as in nginx and memcached) over the members that run checks, as the
+//! leader sees them ([`RaftNode::checkers`]): a member that leaves or stops answering the leader
+//! hands its share to the others, and only about 1/n of the instances move when the members
+//! change. While the view of the ring differs between two members (a few hundred milliseconds
+//! around a change) an instance may be probed by both, or by neither: both write the same kind
+//! of transitions, and the next round settles it.
+//!
+//! A slow or hanging target holds only its own probe (and one permit): the others go on.
 
 use std::collections::{BTreeSet, HashMap};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use muster_core::health::{FLAPPING, FlapPolicy, Probe, Tracker};
 use muster_core::{Check, CheckKind, CheckMethod, Command, Event, EventKind, Instance, Registry};
+use pingora_ketama::{Bucket, Continuum};
 use tokio::sync::{Notify, Semaphore, mpsc, watch};
 use tokio::time::Instant;
 
@@ -29,6 +40,13 @@ use crate::raft::RaftNode;
 /// Probes in flight at once.
 const MAX_IN_FLIGHT: usize = 256;
 
+/// Longest wait before an instance another member probes is looked at again (it may have
+/// become this node's).
+const RECHECK_OWNER_MS: u64 = 1_000;
+
+/// How often the loop asks who runs checks.
+const RING_REFRESH_MS: u64 = 100;
+
 struct Entry {
     /// Changes when the entry is replaced, so a result for the old one is ignored.
     generation: u64,
@@ -38,6 +56,8 @@ struct Entry {
     tracker: Tracker,
     /// Monotonic ms when the next probe is due (its key in the due queue).
     due: u64,
+    /// Whether this node probed it last time it was due.
+    owned: bool,
 }
 
 #[derive(Default)]
@@ -45,6 +65,41 @@ struct State {
     entries: HashMap<String, Entry>,
     /// `(due, id)` of every entry whose probe is not running (a running one is absent).
     queue: BTreeSet<(u64, String)>,
+    /// Entries with `owned` set.
+    owned: usize,
+}
+
+/// Which member probes which instance.
+struct Ring {
+    members: Arc<Vec<u64>>,
+    continuum: Continuum,
+}
+
+impl Ring {
+    fn new(members: Arc<Vec<u64>>) -> Ring {
+        // ketama places addresses on the ring: a node id becomes an IPv6 address, port 0.
+        let buckets: Vec<Bucket> = members
+            .iter()
+            .map(|id| {
+                Bucket::new(
+                    SocketAddr::new(IpAddr::V6(Ipv6Addr::from(u128::from(*id))), 0),
+                    1,
+                )
+            })
+            .collect();
+        Ring {
+            continuum: Continuum::new(&buckets),
+            members,
+        }
+    }
+
+    /// The member that probes `instance_id`.
+    fn owner(&self, instance_id: &str) -> Option<u64> {
+        match self.continuum.node(instance_id.as_bytes())?.ip() {
+            IpAddr::V6(ip) => u64::try_from(u128::from(ip)).ok(),
+            IpAddr::V4(_) => None,
+        }
+    }
 }
 
 /// A probe's outcome on its way back to the loop.
@@ -57,6 +112,7 @@ struct Outcome {
 
 /// The checks to run and their trackers.
 pub struct Checker {
+    node_id: u64,
     state: Mutex<State>,
     generations: AtomicU64,
     metrics: Arc<Metrics>,
@@ -67,13 +123,18 @@ pub struct Checker {
 }
 
 impl Checker {
-    /// A checker that damps flapping with `flap`.
-    pub fn new(flap: FlapPolicy, metrics: Arc<Metrics>) -> Result<Self, String> {
+    /// The checker of node `node_id`, damping flapping with `flap`.
+    pub fn new(node_id: u64, flap: FlapPolicy, metrics: Arc<Metrics>) -> Result<Self, String> {
         let http = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
+            .user_agent(format!(
+                "muster-check/{} (node {node_id})",
+                env!("CARGO_PKG_VERSION")
+            ))
             .build()
             .map_err(|e| format!("cannot build the check client: {e}"))?;
         Ok(Checker {
+            node_id,
             state: Mutex::default(),
             generations: AtomicU64::new(0),
             metrics,
@@ -92,14 +153,14 @@ impl Checker {
         u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
-    /// Number of instances checked.
+    /// Number of instances this node probes.
     pub fn len(&self) -> usize {
-        self.lock().entries.len()
+        self.lock().owned
     }
 
-    /// Whether no instance is checked.
+    /// Whether this node probes no instance.
     pub fn is_empty(&self) -> bool {
-        self.lock().entries.is_empty()
+        self.len() == 0
     }
 
     /// Instances held out for flapping now.
@@ -156,29 +217,47 @@ impl Checker {
             return;
         }
         forget(state, id);
+        // Held out for flapping by whoever probed it before: the hold runs to its end here too.
+        let hold_left = (inst.status_reason == FLAPPING && !inst.ready)
+            .then(|| (inst.status_changed_at + self.flap.cooldown_ms).saturating_sub(wall_ms()))
+            .filter(|left| *left > 0);
         let entry = Entry {
             generation: self.generations.fetch_add(1, Ordering::Relaxed),
             check,
             host: inst.spec.host.clone(),
             port: inst.spec.port,
-            tracker: Tracker::new(inst.ready),
+            tracker: hold_left.map_or_else(
+                || Tracker::new(inst.ready),
+                |left| Tracker::held(now + left),
+            ),
             due: now,
+            owned: false,
         };
         state.queue.insert((now, id.clone()));
         state.entries.insert(id.clone(), entry);
     }
 
-    /// Probes while this node leads, until `shutdown` turns true.
+    /// Probes this node's share of the checks, until `shutdown` turns true.
     pub async fn run(self: Arc<Self>, raft: Arc<RaftNode>, mut shutdown: watch::Receiver<bool>) {
         let permits = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
         let (tx, mut results) = mpsc::unbounded_channel::<Outcome>();
+        let mut ring: Option<Ring> = None;
+        let mut ring_at = None::<u64>;
         loop {
             if *shutdown.borrow() {
                 return;
             }
             let now = self.now();
             let mut next_due = now + 1_000;
-            if raft.leading_term().is_some() {
+            if ring_at.is_none_or(|at| now.saturating_sub(at) >= RING_REFRESH_MS) {
+                ring_at = Some(now);
+                let members = raft.checkers();
+                if members.as_deref() != ring.as_ref().map(|r| r.members.as_ref()) {
+                    tracing::info!(members = ?members.as_deref(), "members running checks");
+                    ring = members.map(Ring::new);
+                }
+            }
+            if let Some(ring) = &ring {
                 let mut state = self.lock();
                 while let Some((due, id)) = state.queue.first().cloned() {
                     if due > now {
@@ -186,9 +265,29 @@ impl Checker {
                         break;
                     }
                     state.queue.pop_first();
-                    let Some(e) = state.entries.get(&id) else {
+                    let mine = ring.owner(&id) == Some(self.node_id);
+                    let State {
+                        entries,
+                        queue,
+                        owned,
+                    } = &mut *state;
+                    let Some(e) = entries.get_mut(&id) else {
                         continue;
                     };
+                    if mine != e.owned {
+                        e.owned = mine;
+                        if mine {
+                            *owned += 1;
+                            e.tracker.restart();
+                        } else {
+                            *owned -= 1;
+                        }
+                    }
+                    if !mine {
+                        e.due = now + e.check.interval.min(RECHECK_OWNER_MS);
+                        queue.insert((e.due, id));
+                        continue;
+                    }
                     let job = (e.check.clone(), e.host.clone(), e.port, e.due, e.generation);
                     self.spawn_probe(id, job, &tx, &permits);
                 }
@@ -302,7 +401,7 @@ impl Checker {
                 reason: v.reason,
                 at: wall_ms(),
             };
-            if let Err(e) = raft.propose_local(cmd).await {
+            if let Err(e) = raft.propose(cmd).await {
                 // The registry did not change: the next applied change (or none) stands. The
                 // tracker is re-synced from the registry on every applied change of this
                 // instance; until then its next verdict retries the same transition.
@@ -315,6 +414,9 @@ impl Checker {
 fn forget(state: &mut State, id: &str) {
     if let Some(e) = state.entries.remove(id) {
         state.queue.remove(&(e.due, id.to_string()));
+        if e.owned {
+            state.owned -= 1;
+        }
     }
 }
 
@@ -403,5 +505,59 @@ async fn grpc_probe(service: &str, host: &str, port: u16, timeout: Duration) -> 
             "gRPC health: {}",
             ServingStatus::try_from(status).map_or("UNKNOWN", |s| s.as_str_name())
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shares(ring: &Ring, keys: &[String]) -> HashMap<u64, usize> {
+        let mut by = HashMap::new();
+        for k in keys {
+            *by.entry(ring.owner(k).expect("an owner")).or_default() += 1;
+        }
+        by
+    }
+
+    #[test]
+    fn the_ring_spreads_instances_and_moves_only_a_leaving_members_share() {
+        let keys: Vec<String> = (0..10_000).map(|i| format!("inventory-{i}")).collect();
+        let three = Ring::new(Arc::new(vec![1, 2, 3]));
+        let by = shares(&three, &keys);
+        for id in [1, 2, 3] {
+            let share = by[&id] as f64 / keys.len() as f64;
+            assert!((0.25..0.42).contains(&share), "node {id}: {share}");
+        }
+        let two = Ring::new(Arc::new(vec![1, 3]));
+        for k in &keys {
+            let (was, is) = (three.owner(k), two.owner(k));
+            assert_ne!(is, Some(2));
+            if was != Some(2) {
+                assert_eq!(was, is, "{k} moved though its member stayed");
+            }
+        }
+        let four = Ring::new(Arc::new(vec![1, 2, 3, 4]));
+        let moved = keys
+            .iter()
+            .filter(|k| three.owner(k) != four.owner(k))
+            .count();
+        let moved = moved as f64 / keys.len() as f64;
+        assert!(
+            (0.15..0.35).contains(&moved),
+            "a fourth member took {moved}"
+        );
+        for k in &keys {
+            let is = four.owner(k);
+            assert!(
+                is == three.owner(k) || is == Some(4),
+                "{k} moved between old members"
+            );
+        }
+    }
+
+    #[test]
+    fn an_empty_ring_has_no_owner() {
+        assert_eq!(Ring::new(Arc::new(Vec::new())).owner("x"), None);
     }
 }

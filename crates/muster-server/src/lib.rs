@@ -169,7 +169,11 @@ impl Server {
             config.expiry_protection_max,
         ));
         let metrics = Arc::new(Metrics::new());
-        let checker = Arc::new(checker::Checker::new(config.flap, metrics.clone())?);
+        let checker = Arc::new(checker::Checker::new(
+            cfg.node_id,
+            config.flap,
+            metrics.clone(),
+        )?);
         let applier = Arc::new(
             Applier::new(hub.clone(), leases.clone(), metrics.clone())
                 .with_checker(checker.clone()),

@@ -244,7 +244,7 @@ impl Metrics {
         );
         registry.register(
             "checked_instances",
-            "Instances with an active check",
+            "Instances with an active check that this node probes",
             m.checked.clone(),
         );
         registry.register(

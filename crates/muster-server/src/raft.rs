@@ -245,6 +245,16 @@ pub struct Member {
     pub voter: bool,
 }
 
+/// A leader's answer to a follower's confirmation round.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Confirmation {
+    /// The read index.
+    pub index: u64,
+    /// The members that run active checks ([`RaftNode::checkers`]).
+    #[serde(default)]
+    pub checkers: Vec<u64>,
+}
+
 /// A running Raft node with the registry as its state machine.
 pub struct RaftNode {
     raft: Raft<TypeConfig, StateMachine>,
@@ -258,6 +268,9 @@ pub struct RaftNode {
     last_contact: AtomicU64,
     /// A leader confirmed longer ago than this is not reported as known (headers, `/readyz`).
     stale_after: Duration,
+    /// The members that run active checks, as the leader last said in a confirmation round
+    /// (followers only; see [`RaftNode::checkers`]).
+    checkers: arc_swap::ArcSwap<Vec<u64>>,
     epoch: tokio::time::Instant,
     /// Client for forwarding to the leader.
     http: reqwest::Client,
@@ -367,6 +380,7 @@ impl RaftNode {
             cached,
             refresher,
             last_contact: AtomicU64::new(u64::MAX),
+            checkers: arc_swap::ArcSwap::from_pointee(Vec::new()),
             epoch: tokio::time::Instant::now(),
             http,
             write_timeout: settings.write_timeout,
@@ -676,12 +690,9 @@ impl RaftNode {
                     .map_err(refused)?;
                 if voter {
                     let ids = std::collections::BTreeSet::from([id]);
-                    self.scoped(
-                        self.raft
-                            .change_membership(openraft::ChangeMembers::AddVoterIds(ids), false),
-                    )
-                    .await
-                    .map_err(refused)?;
+                    self.change_membership(openraft::ChangeMembers::AddVoterIds(ids))
+                        .await
+                        .map_err(refused)?;
                 }
                 tracing::info!(id, %addr, voter, "member added");
             }
@@ -697,13 +708,34 @@ impl RaftNode {
                 } else {
                     openraft::ChangeMembers::RemoveNodes(ids)
                 };
-                self.scoped(self.raft.change_membership(change, false))
-                    .await
-                    .map_err(refused)?;
+                self.change_membership(change).await.map_err(refused)?;
                 tracing::info!(id, "member removed");
             }
         }
         Ok(self.status())
+    }
+
+    /// `change_membership`, waiting (up to [`MEMBER_TIMEOUT`]) while another change is still
+    /// in progress (a member that just joined is promoted in two steps: a removal right after
+    /// would otherwise be refused).
+    async fn change_membership(
+        &self,
+        change: openraft::ChangeMembers<u64, BasicNode>,
+    ) -> Result<(), RaftError<TypeConfig, ClientWriteError<TypeConfig>>> {
+        let deadline = tokio::time::Instant::now() + MEMBER_TIMEOUT;
+        loop {
+            match self
+                .scoped(self.raft.change_membership(change.clone(), false))
+                .await
+            {
+                Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(
+                    openraft::errors::ChangeMembershipError::InProgress(_),
+                ))) if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(ELECTION_POLL).await;
+                }
+                other => return other.map(|_| ()),
+            }
+        }
     }
 
     /// Asks the node at `addr` which node it is: adding an address that reaches another node
@@ -859,9 +891,10 @@ impl RaftNode {
                 .is_some_and(|ms| u128::from(ms) <= self.stale_after.as_millis())
     }
 
-    /// On a follower, confirms its leader every 200 ms (50 ms while unconfirmed) with a read-index round (which the
-    /// leader answers only with a quorum behind it), for [`RaftNode::last_contact_ms`]. Runs
-    /// until `shutdown` turns true.
+    /// On a follower, confirms its leader every 200 ms (50 ms while unconfirmed) with a
+    /// read-index round (which the leader answers only with a quorum behind it), for
+    /// [`RaftNode::last_contact_ms`]; the answer also carries the members that run checks
+    /// ([`RaftNode::checkers`]). Runs until `shutdown` turns true.
     pub async fn run_prober(self: Arc<Self>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
         loop {
             // Quickly while unconfirmed (after start, after an election), then at ease.
@@ -873,9 +906,10 @@ impl RaftNode {
                 && status.leader_id != Some(self.node_id)
             {
                 let confirmed = self
-                    .forward_within::<_, u64>(&leader, "read-index", &(), self.stale_after)
+                    .forward_within::<_, Confirmation>(&leader, "confirm", &(), self.stale_after)
                     .await;
-                if confirmed.is_ok() {
+                if let Ok(c) = confirmed {
+                    self.checkers.store(Arc::new(c.checkers));
                     self.last_contact.store(self.mono_ms(), Ordering::Release);
                 }
             }
@@ -885,6 +919,46 @@ impl RaftNode {
                 _ = tokio::time::sleep(every) => {}
             }
         }
+    }
+
+    /// The receiving end of a follower's confirmation round: a read index, and the members
+    /// that run checks.
+    pub async fn confirm_here(&self) -> Result<Confirmation, ProposeError> {
+        let index = self.read_index_here().await?;
+        Ok(Confirmation {
+            index,
+            checkers: self.checkers().map_or_else(Vec::new, |c| c.to_vec()),
+        })
+    }
+
+    /// The members that run active checks (sorted), or `None` when this node should not run
+    /// any now.
+    ///
+    /// The leader decides: the voters that acknowledged it within twice the staleness bound
+    /// (`3 × election_timeout_max`), itself included. A follower takes the leader's word from
+    /// its last confirmation round, and runs none while it has no confirmed leader (what it
+    /// found could not be written anyway). A learner runs none.
+    pub fn checkers(&self) -> Option<Arc<Vec<u64>>> {
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow_watched();
+        if m.state == ServerState::Leader {
+            let live = |id: &u64| {
+                *id == self.node_id
+                    || m.heartbeat
+                        .as_ref()
+                        .and_then(|h| h.get(id).cloned().flatten())
+                        .is_some_and(|at| at.elapsed() < self.stale_after * 2)
+            };
+            let mut ids: Vec<u64> = m.membership_config.voter_ids().filter(live).collect();
+            ids.sort_unstable();
+            return Some(Arc::new(ids));
+        }
+        drop(m);
+        if !self.knows_leader() {
+            return None;
+        }
+        let ids = self.checkers.load_full();
+        ids.contains(&self.node_id).then_some(ids)
     }
 
     /// Role, leader, term, progress and members, as of the last metrics change (cheap).

@@ -159,3 +159,35 @@ fn sync_takes_a_change_made_elsewhere() {
     t.sync(true);
     assert!(t.ready());
 }
+
+#[test]
+fn a_taken_over_hold_lasts_until_its_end() {
+    let (c, f) = (check(1, 1), FlapPolicy::default());
+    let mut t = Tracker::held(5_000);
+    assert_eq!(t.observe(&Probe::Pass, 1_000, &c, &f), None, "still held");
+    assert!(!t.ready());
+    assert_eq!(
+        t.observe(&Probe::Pass, 5_000, &c, &f).map(|v| v.ready),
+        Some(true),
+        "back once the hold is over"
+    );
+}
+
+#[test]
+fn restart_forgets_a_partial_count() {
+    let (c, f) = (check(1, 3), FlapPolicy::default());
+    let mut t = Tracker::new(true);
+    assert_eq!(t.observe(&fail(), 0, &c, &f), None);
+    assert_eq!(t.observe(&fail(), 1_000, &c, &f), None);
+    t.restart();
+    assert_eq!(
+        t.observe(&fail(), 2_000, &c, &f),
+        None,
+        "two failures counted by an earlier owner do not count"
+    );
+    assert_eq!(t.observe(&fail(), 3_000, &c, &f), None);
+    assert_eq!(
+        t.observe(&fail(), 4_000, &c, &f).map(|v| v.ready),
+        Some(false)
+    );
+}

@@ -29,6 +29,7 @@ pub(super) fn routes() -> Router<Arc<AppState>> {
         .route("/internal/raft/{what}", post(raft_rpc))
         .route("/internal/propose", post(propose))
         .route("/internal/read-index", post(read_index))
+        .route("/internal/confirm", post(confirm))
         .route("/internal/members", post(members))
         .route("/internal/heartbeats", post(heartbeats))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_RPC_BYTES))
@@ -97,6 +98,10 @@ async fn propose(
 
 async fn read_index(State(app): AppRef) -> Response {
     answer(app.raft.read_index_here().await)
+}
+
+async fn confirm(State(app): AppRef) -> Response {
+    answer(app.raft.confirm_here().await)
 }
 
 async fn members(

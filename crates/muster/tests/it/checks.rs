@@ -233,3 +233,106 @@ async fn a_flapping_instance_is_held_out() {
     assert_eq!(until(&m, "f1", "HEALTHY").await, "check passed");
     m.stop();
 }
+
+/// `(instance, node)` of each probe in `heads`: the path names the instance, the user agent
+/// the probing node.
+fn probes(heads: &[String]) -> Vec<(String, u64)> {
+    heads
+        .iter()
+        .filter_map(|h| {
+            let path = h
+                .split_whitespace()
+                .nth(1)?
+                .strip_prefix("/i/")?
+                .to_string();
+            let node = h.split("(node ").nth(1)?.split(')').next()?.parse().ok()?;
+            Some((path, node))
+        })
+        .collect()
+}
+
+/// Who probed which instance over `window`, once a window shows each instance probed by
+/// exactly one node (views of the ring settle within a few windows); bounded.
+async fn owners(
+    target: &Target,
+    n: usize,
+    window: Duration,
+) -> std::collections::BTreeMap<String, u64> {
+    let mut last = Default::default();
+    for _ in 0..20 {
+        target.take_requests();
+        tokio::time::sleep(window).await;
+        let mut by: std::collections::BTreeMap<String, std::collections::BTreeSet<u64>> =
+            Default::default();
+        for (id, node) in probes(&target.take_requests()) {
+            by.entry(id).or_default().insert(node);
+        }
+        if by.len() == n && by.values().all(|nodes| nodes.len() == 1) {
+            return by
+                .into_iter()
+                .map(|(id, nodes)| (id, nodes.into_iter().next().expect("one")))
+                .collect();
+        }
+        last = by;
+    }
+    panic!("never saw each of {n} instances probed by exactly one node: {last:?}");
+}
+
+#[tokio::test]
+async fn checks_are_spread_over_the_members_and_move_when_one_leaves() {
+    let mut c = crate::harness::Cluster::start(3, &[]);
+    let leader = c.leader().await;
+    let target = Target::http(true, false).await;
+    let n = 30;
+    for i in 0..n {
+        let check = json!({"type": "http", "target": format!("/i/w{i:02}"), "interval": "100ms",
+                           "timeout": "100ms", "successBeforeHealthy": 1, "failuresBeforeUnhealthy": 2});
+        let (code, _) = c
+            .node(leader)
+            .post(
+                "/v1/instances",
+                checked(&format!("w{i:02}"), target.port, check),
+            )
+            .await;
+        assert_eq!(code, 201);
+    }
+    let before = owners(&target, n, Duration::from_millis(600)).await;
+    let share = |owners: &std::collections::BTreeMap<String, u64>, node: u64| {
+        owners.values().filter(|o| **o == node).count()
+    };
+    for node in 1..=3 {
+        assert!(
+            share(&before, node) > 0,
+            "node {node} probes nothing: {before:?}"
+        );
+        let text = c.node(node as usize).metrics().await;
+        assert!(
+            text.contains(&format!(
+                "muster_checked_instances {}",
+                share(&before, node)
+            )),
+            "node {node} reports its own share"
+        );
+    }
+
+    // Transitions found by followers are written through the leader.
+    target.set_ready(false);
+    for i in 0..n {
+        until(c.node(leader), &format!("w{i:02}"), "UNHEALTHY").await;
+    }
+    target.set_ready(true);
+    for i in 0..n {
+        until(c.node(leader), &format!("w{i:02}"), "HEALTHY").await;
+    }
+
+    // A follower dies: its share moves to the others, and nothing else moves.
+    let gone = (1..=3).find(|id| *id != leader).expect("a follower") as u64;
+    c.kill9(gone as usize);
+    let after = owners(&target, n, Duration::from_millis(600)).await;
+    for (id, owner) in &after {
+        assert_ne!(*owner, gone, "{id} is still probed by the dead node");
+        if before[id] != gone {
+            assert_eq!(before[id], *owner, "{id} moved though its node stayed");
+        }
+    }
+}

@@ -410,7 +410,8 @@ pub(crate) fn instance_ids(v: &Value) -> Vec<String> {
 pub(crate) struct Target {
     pub(crate) port: u16,
     pub(crate) ready: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    last: std::sync::Arc<std::sync::Mutex<String>>,
+    /// Heads of the requests received (the latest at most 100,000).
+    seen: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -423,8 +424,8 @@ impl Target {
         let port = listener.local_addr().expect("addr").port();
         let flag = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(ready));
         let state = flag.clone();
-        let last = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
-        let seen_all = last.clone();
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen_all = seen.clone();
         let task = tokio::spawn(async move {
             loop {
                 let Ok((mut sock, _)) = listener.accept().await else {
@@ -434,8 +435,13 @@ impl Target {
                 tokio::spawn(async move {
                     let mut buf = [0u8; 2048];
                     let n = sock.read(&mut buf).await.unwrap_or(0);
-                    *seen.lock().unwrap_or_else(|p| p.into_inner()) =
-                        String::from_utf8_lossy(&buf[..n]).into_owned();
+                    {
+                        let mut seen = seen.lock().unwrap_or_else(|p| p.into_inner());
+                        if seen.len() >= 100_000 {
+                            seen.remove(0);
+                        }
+                        seen.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+                    }
                     if hang {
                         tokio::time::sleep(Duration::from_secs(3600)).await;
                         return;
@@ -454,14 +460,20 @@ impl Target {
         Target {
             port,
             ready: flag,
-            last,
+            seen,
             task,
         }
     }
 
     /// The head of the last request received (HTTP targets).
     pub(crate) fn last_request(&self) -> String {
-        self.last.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        let seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        seen.last().cloned().unwrap_or_default()
+    }
+
+    /// The heads of the requests received since the last call.
+    pub(crate) fn take_requests(&self) -> Vec<String> {
+        std::mem::take(&mut *self.seen.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
     pub(crate) fn set_ready(&self, ready: bool) {

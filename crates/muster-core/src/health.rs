@@ -37,6 +37,15 @@ pub struct FlapPolicy {
     pub cooldown_ms: u64,
 }
 
+impl FlapPolicy {
+    /// No damping (liveness checks: a dead instance is expired, not held).
+    pub const NEVER: FlapPolicy = FlapPolicy {
+        max_transitions: u32::MAX,
+        window_ms: 0,
+        cooldown_ms: 0,
+    };
+}
+
 impl Default for FlapPolicy {
     fn default() -> Self {
         FlapPolicy {

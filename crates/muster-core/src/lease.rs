@@ -47,11 +47,17 @@ struct Lease {
     modify_index: u64,
     /// Monotonic time of the last renewal (or of tracking).
     renewed_at: u64,
+    /// Its liveness check failed: lapsed, and renewals are refused.
+    condemned: bool,
 }
 
 impl Lease {
-    /// When the lease becomes at risk (half its TTL without a renewal).
+    /// When the lease becomes at risk (half its TTL without a renewal; for a dead instance,
+    /// when it was found dead).
     fn risk_at(&self) -> u64 {
+        if self.condemned {
+            return self.deadline.saturating_sub(self.ttl / 2);
+        }
         self.renewed_at.saturating_add(self.ttl / 2)
     }
 }
@@ -151,8 +157,40 @@ impl LeaseTable {
             ttl,
             modify_index,
             renewed_at: now,
+            condemned: false,
         };
         self.set(id, lease);
+    }
+
+    /// Follows the instance's liveness. A dead one (its liveness check failed) is at risk from
+    /// `now` and lapses half a TTL later (or sooner, if its lease ran out sooner) whatever it
+    /// renews: the same grace a silent lease has between the two, so that mass-expiry
+    /// protection sees many instances found dead at once before any expires. One alive again
+    /// gets a full TTL from `now`. Returns whether the lease was condemned by this call.
+    pub fn set_live(&mut self, id: &str, live: bool, now: u64) -> bool {
+        let Some((key, lease)) = self.leases.get_key_value(id) else {
+            return false;
+        };
+        if lease.condemned != live {
+            return false;
+        }
+        let key = key.clone();
+        let lease = if live {
+            Lease {
+                deadline: now.saturating_add(lease.ttl),
+                renewed_at: now,
+                condemned: false,
+                ..lease.clone()
+            }
+        } else {
+            Lease {
+                deadline: lease.deadline.min(now.saturating_add(lease.ttl / 2)),
+                condemned: true,
+                ..lease.clone()
+            }
+        };
+        self.set(key, lease);
+        !live
     }
 
     /// Brings one lease in line with the registry after a change was applied: forgotten when
@@ -176,7 +214,7 @@ impl LeaseTable {
         match self.leases.get(id) {
             Some(lease) if !registered => {
                 let deadline = lease.deadline.min(now.saturating_add(ttl));
-                let renewed_at = lease.renewed_at;
+                let (renewed_at, condemned) = (lease.renewed_at, lease.condemned);
                 let (key, service) = self.keys(id, service);
                 self.set(
                     key,
@@ -186,6 +224,7 @@ impl LeaseTable {
                         ttl,
                         modify_index,
                         renewed_at,
+                        condemned,
                     },
                 );
             }
@@ -220,7 +259,7 @@ impl LeaseTable {
 
     fn renew_inner(&mut self, id: &str, now: u64, held: bool) -> Result<u64, RenewError> {
         let (key, lease) = self.leases.get_key_value(id).ok_or(RenewError::Unknown)?;
-        if lease.deadline <= now && !held {
+        if lease.condemned || (lease.deadline <= now && !held) {
             return Err(RenewError::Lapsed);
         }
         let key = key.clone();
@@ -252,8 +291,11 @@ impl LeaseTable {
         self.by_deadline.clear();
         self.by_risk.clear();
         for (id, lease) in &mut self.leases {
-            lease.deadline = now.saturating_add(lease.ttl);
-            lease.renewed_at = now;
+            // A dead instance stays lapsed: its liveness check decided, not silence.
+            if !lease.condemned {
+                lease.deadline = now.saturating_add(lease.ttl);
+                lease.renewed_at = now;
+            }
             self.by_deadline.insert((lease.deadline, id.clone()));
             self.by_risk.insert((lease.risk_at(), id.clone()));
         }
@@ -268,7 +310,11 @@ impl LeaseTable {
             .by_deadline
             .iter()
             .take_while(|(deadline, _)| *deadline <= now)
-            .filter(|(_, id)| self.leases.get(id).is_some_and(|l| released(&l.service)))
+            .filter(|(_, id)| {
+                self.leases
+                    .get(id)
+                    .is_some_and(|l| !l.condemned && released(&l.service))
+            })
             .map(|(_, id)| id.clone())
             .collect();
         for id in &lapsed {

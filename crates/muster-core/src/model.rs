@@ -240,6 +240,8 @@ pub struct RegisterRequest {
     pub health_endpoint: Option<String>,
     /// A full check spec.
     pub check: Option<CheckRequest>,
+    /// An active liveness check (`http`, `tcp` or `grpc`): when it fails, the instance expires.
+    pub liveness_check: Option<CheckRequest>,
     /// Lease length, e.g. `"30s"`.
     pub lease_ttl: Option<String>,
     /// Initial status: `STARTING` (default) or `HEALTHY` (only without a check).
@@ -314,6 +316,9 @@ pub struct InstanceSpec {
     /// Readiness check, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub check: Option<Check>,
+    /// Liveness check, if any (always probed: never `ttl`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub liveness_check: Option<Check>,
     /// Lease length.
     #[serde(with = "duration_ms")]
     pub lease_ttl: u64,
@@ -332,6 +337,10 @@ pub struct Instance {
     pub status_reason: String,
     /// Whether readiness was last reported (or checked) as passing.
     pub ready: bool,
+    /// False once its liveness check failed (its lease is then given up: it expires unless
+    /// mass-expiry protection holds it, or the check passes again first). Shown only when false.
+    #[serde(default = "yes", skip_serializing_if = "is_yes")]
+    pub live: bool,
     /// When it first registered (the leader's wall clock).
     #[serde(with = "timestamp_ms")]
     pub registered_at: u64,
@@ -342,6 +351,14 @@ pub struct Instance {
     pub create_index: u64,
     /// Registry index of its last change.
     pub modify_index: u64,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn is_yes(b: &bool) -> bool {
+    *b
 }
 
 impl RegisterRequest {
@@ -442,6 +459,19 @@ impl RegisterRequest {
             (None, Some(req)) => Some(validate_check(req, "check")?),
             (None, None) => None,
         };
+        let liveness_check = match self.liveness_check {
+            None => None,
+            Some(req) => {
+                let check = validate_check(req, "livenessCheck")?;
+                if !check.kind.is_probed() {
+                    return Err(ValidationError::invalid(
+                        "livenessCheck.type",
+                        "a liveness check is probed: http, tcp or grpc (the lease is the ttl liveness)",
+                    ));
+                }
+                Some(check)
+            }
+        };
         let lease_ttl = match self.lease_ttl {
             None => DEFAULT_LEASE_TTL_MS,
             Some(text) => {
@@ -493,6 +523,7 @@ impl RegisterRequest {
             tags,
             metadata,
             check,
+            liveness_check,
             lease_ttl,
         };
         Ok((spec, want_healthy))
@@ -577,10 +608,10 @@ fn validate_host(host: &str) -> Result<(), ValidationError> {
 
 fn validate_check(req: CheckRequest, field: &str) -> Result<Check, ValidationError> {
     let f = |sub: &str| {
-        if field == "check" {
-            format!("check.{sub}")
-        } else {
+        if field == "healthEndpoint" {
             field.to_string()
+        } else {
+            format!("{field}.{sub}")
         }
     };
     let kind = match req.kind.as_deref() {

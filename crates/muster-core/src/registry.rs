@@ -98,6 +98,20 @@ pub enum Command {
         /// Leader wall time.
         at: u64,
     },
+    /// Liveness found by an active liveness check. `false` takes the instance out of rotation
+    /// (UNHEALTHY, DRAINING stays DRAINING) and gives up its lease: the leader expires it like
+    /// a lapsed one (so mass-expiry protection applies) and refuses its renewals. `true` (the
+    /// check passed again before that) restores it.
+    SetLiveness {
+        /// Instance id.
+        instance_id: String,
+        /// Whether the instance is alive.
+        live: bool,
+        /// Why, for `statusReason`.
+        reason: String,
+        /// Leader wall time.
+        at: u64,
+    },
     /// Lease lapse: each listed instance becomes EXPIRED and is dropped, unless it changed since
     /// the leader decided (its modify index no longer matches).
     ///
@@ -135,6 +149,7 @@ impl Command {
             Command::Deregister { .. } => "deregister",
             Command::SetStatus { .. } => "set_status",
             Command::SetReadiness { .. } => "set_readiness",
+            Command::SetLiveness { .. } => "set_liveness",
             Command::Expire { .. } => "expire",
         }
     }
@@ -366,6 +381,12 @@ impl Registry {
                 reason,
                 at,
             } => self.set_readiness(instance_id, *ready, reason, *at, events),
+            Command::SetLiveness {
+                instance_id,
+                live,
+                reason,
+                at,
+            } => self.set_liveness(instance_id, *live, reason, *at, events),
             Command::Expire { instances, at, .. } => {
                 let mut instance_ids = Vec::new();
                 for (id, seen) in instances {
@@ -412,6 +433,17 @@ impl Registry {
             }
             let mut next = Instance::clone(existing);
             next.spec = spec.clone();
+            if !next.live {
+                // Back after its liveness check failed: a fresh start, not straight into rotation.
+                next.live = true;
+                next.ready = false;
+                transition(
+                    &mut next,
+                    Status::Starting,
+                    "re-registered after a failed liveness check; waiting for readiness".into(),
+                    at,
+                );
+            }
             if want_healthy && !next.ready {
                 next.ready = true;
                 if next.status == Status::Starting || next.status == Status::Unhealthy {
@@ -463,6 +495,7 @@ impl Registry {
             status,
             status_reason: reason.into(),
             ready: want_healthy,
+            live: true,
             registered_at: at,
             status_changed_at: at,
             create_index: index,
@@ -483,10 +516,7 @@ impl Registry {
         at: u64,
         events: &mut Vec<Event>,
     ) -> Result<Applied, ApplyError> {
-        let existing = self
-            .instances
-            .get(id)
-            .ok_or_else(|| ApplyError::UnknownInstance(id.into()))?;
+        let existing = self.existing(id)?;
         let mut next = Instance::clone(existing);
         let given = |default: &str| {
             if reason.is_empty() {
@@ -503,6 +533,14 @@ impl Registry {
             }
             (_, Status::Draining) => {
                 transition(&mut next, Status::Draining, given("drain requested"), at)
+            }
+            (Status::Draining | Status::Starting, Status::Healthy) if !existing.live => {
+                transition(
+                    &mut next,
+                    Status::Unhealthy,
+                    "undrained, but its liveness check is failing".into(),
+                    at,
+                );
             }
             (Status::Draining | Status::Starting, Status::Healthy) => {
                 let no_active_check = next.spec.check.as_ref().is_none_or(|c| !c.kind.is_probed());
@@ -551,14 +589,12 @@ impl Registry {
         at: u64,
         events: &mut Vec<Event>,
     ) -> Result<Applied, ApplyError> {
-        let existing = self
-            .instances
-            .get(id)
-            .ok_or_else(|| ApplyError::UnknownInstance(id.into()))?;
+        let existing = self.existing(id)?;
         if existing.ready == ready {
             // Still out of rotation, for a new reason (e.g. held out for flapping): say so.
             let out = matches!(existing.status, Status::Starting | Status::Unhealthy);
-            if ready || !out || existing.status_reason == reason {
+            // A failed liveness check is the reason that counts while it lasts.
+            if ready || !out || existing.status_reason == reason || !existing.live {
                 return Ok(Applied::Updated {
                     instance: existing.clone(),
                 });
@@ -572,12 +608,47 @@ impl Registry {
         let mut next = Instance::clone(existing);
         next.ready = ready;
         match (next.status, ready) {
-            (Status::Starting | Status::Unhealthy, true) => {
+            (Status::Starting | Status::Unhealthy, true) if next.live => {
                 transition(&mut next, Status::Healthy, reason.into(), at);
             }
             (Status::Healthy, false) => transition(&mut next, Status::Unhealthy, reason.into(), at),
             // DRAINING keeps its status; STARTING stays STARTING until the first pass.
             _ => {}
+        }
+        next.modify_index = self.index;
+        let instance = self.store(next, events);
+        Ok(Applied::Updated { instance })
+    }
+
+    fn existing(&self, id: &str) -> Result<&Arc<Instance>, ApplyError> {
+        self.instances
+            .get(id)
+            .ok_or_else(|| ApplyError::UnknownInstance(id.into()))
+    }
+
+    fn set_liveness(
+        &mut self,
+        id: &str,
+        live: bool,
+        reason: &str,
+        at: u64,
+        events: &mut Vec<Event>,
+    ) -> Result<Applied, ApplyError> {
+        let existing = self.existing(id)?;
+        if existing.live == live {
+            return Ok(Applied::Updated {
+                instance: existing.clone(),
+            });
+        }
+        let mut next = Instance::clone(existing);
+        next.live = live;
+        match (next.status, live) {
+            (Status::Draining, _) => next.status_reason = reason.to_string(),
+            (_, false) => transition(&mut next, Status::Unhealthy, reason.into(), at),
+            (Status::Unhealthy, true) if next.ready => {
+                transition(&mut next, Status::Healthy, reason.into(), at)
+            }
+            (_, true) => next.status_reason = format!("{reason}; waiting for readiness"),
         }
         next.modify_index = self.index;
         let instance = self.store(next, events);

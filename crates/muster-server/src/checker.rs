@@ -47,6 +47,39 @@ const RECHECK_OWNER_MS: u64 = 1_000;
 /// How often the loop asks who runs checks.
 const RING_REFRESH_MS: u64 = 100;
 
+/// What a check decides.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+enum Role {
+    /// Rotation (`check`): `SetReadiness`.
+    Readiness,
+    /// Life (`livenessCheck`): `SetLiveness`; a dead instance expires.
+    Liveness,
+}
+
+impl Role {
+    const ALL: [Role; 2] = [Role::Readiness, Role::Liveness];
+
+    /// The instance's check for this role, if it is probed.
+    fn check(self, inst: &Instance) -> Option<&Check> {
+        match self {
+            Role::Readiness => inst.spec.check.as_ref(),
+            Role::Liveness => inst.spec.liveness_check.as_ref(),
+        }
+        .filter(|c| c.kind.is_probed())
+    }
+
+    /// What the registry says this role's tracker decided last.
+    fn state(self, inst: &Instance) -> bool {
+        match self {
+            Role::Readiness => inst.ready,
+            Role::Liveness => inst.live,
+        }
+    }
+}
+
+/// An entry's key: the instance, and which of its checks.
+type Key = (String, Role);
+
 struct Entry {
     /// Changes when the entry is replaced, so a result for the old one is ignored.
     generation: u64,
@@ -62,9 +95,9 @@ struct Entry {
 
 #[derive(Default)]
 struct State {
-    entries: HashMap<String, Entry>,
-    /// `(due, id)` of every entry whose probe is not running (a running one is absent).
-    queue: BTreeSet<(u64, String)>,
+    entries: HashMap<Key, Entry>,
+    /// `(due, key)` of every entry whose probe is not running (a running one is absent).
+    queue: BTreeSet<(u64, Key)>,
     /// Entries with `owned` set.
     owned: usize,
 }
@@ -104,7 +137,7 @@ impl Ring {
 
 /// A probe's outcome on its way back to the loop.
 struct Outcome {
-    id: String,
+    key: Key,
     generation: u64,
     probe: Probe,
     done: u64,
@@ -163,7 +196,7 @@ impl Checker {
         self.len() == 0
     }
 
-    /// Instances held out for flapping now.
+    /// Instances held out for flapping now (readiness; liveness is not damped).
     pub fn flapping(&self) -> usize {
         let now = self.now();
         self.lock()
@@ -174,7 +207,7 @@ impl Checker {
     }
 
     /// Follows an applied batch: instances with an active check are (re)scheduled, others and
-    /// gone ones forgotten; every tracker takes the registry's readiness.
+    /// gone ones forgotten; every tracker takes the registry's readiness (or liveness).
     pub fn applied(&self, registry: &Registry, events: &[Event]) {
         let now = self.now();
         let mut state = self.lock();
@@ -202,23 +235,29 @@ impl Checker {
     }
 
     fn follow(&self, state: &mut State, inst: &Instance, now: u64) {
-        let id = &inst.spec.instance_id;
-        let Some(check) = inst.spec.check.clone().filter(|c| c.kind.is_probed()) else {
-            forget(state, id);
+        for role in Role::ALL {
+            self.follow_one(state, inst, role, now);
+        }
+    }
+
+    fn follow_one(&self, state: &mut State, inst: &Instance, role: Role, now: u64) {
+        let key = (inst.spec.instance_id.clone(), role);
+        let Some(check) = role.check(inst).cloned() else {
+            forget_one(state, &key);
             return;
         };
-        if let Some(e) = state.entries.get_mut(id)
+        if let Some(e) = state.entries.get_mut(&key)
             && e.check == check
             && e.host == inst.spec.host
             && e.port == inst.spec.port
         {
-            // Same check: readiness may have changed without this tracker.
-            e.tracker.sync(inst.ready);
+            // Same check: readiness (liveness) may have changed without this tracker.
+            e.tracker.sync(role.state(inst));
             return;
         }
-        forget(state, id);
+        forget_one(state, &key);
         // Held out for flapping by whoever probed it before: the hold runs to its end here too.
-        let hold_left = (inst.status_reason == FLAPPING && !inst.ready)
+        let hold_left = (role == Role::Readiness && inst.status_reason == FLAPPING && !inst.ready)
             .then(|| (inst.status_changed_at + self.flap.cooldown_ms).saturating_sub(wall_ms()))
             .filter(|left| *left > 0);
         let entry = Entry {
@@ -227,14 +266,14 @@ impl Checker {
             host: inst.spec.host.clone(),
             port: inst.spec.port,
             tracker: hold_left.map_or_else(
-                || Tracker::new(inst.ready),
+                || Tracker::new(role.state(inst)),
                 |left| Tracker::held(now + left),
             ),
             due: now,
             owned: false,
         };
-        state.queue.insert((now, id.clone()));
-        state.entries.insert(id.clone(), entry);
+        state.queue.insert((now, key.clone()));
+        state.entries.insert(key, entry);
     }
 
     /// Probes this node's share of the checks, until `shutdown` turns true.
@@ -259,19 +298,19 @@ impl Checker {
             }
             if let Some(ring) = &ring {
                 let mut state = self.lock();
-                while let Some((due, id)) = state.queue.first().cloned() {
+                while let Some((due, key)) = state.queue.first().cloned() {
                     if due > now {
                         next_due = next_due.min(due);
                         break;
                     }
                     state.queue.pop_first();
-                    let mine = ring.owner(&id) == Some(self.node_id);
+                    let mine = ring.owner(&key.0) == Some(self.node_id);
                     let State {
                         entries,
                         queue,
                         owned,
                     } = &mut *state;
-                    let Some(e) = entries.get_mut(&id) else {
+                    let Some(e) = entries.get_mut(&key) else {
                         continue;
                     };
                     if mine != e.owned {
@@ -285,11 +324,11 @@ impl Checker {
                     }
                     if !mine {
                         e.due = now + e.check.interval.min(RECHECK_OWNER_MS);
-                        queue.insert((e.due, id));
+                        queue.insert((e.due, key));
                         continue;
                     }
                     let job = (e.check.clone(), e.host.clone(), e.port, e.due, e.generation);
-                    self.spawn_probe(id, job, &tx, &permits);
+                    self.spawn_probe(key, job, &tx, &permits);
                 }
             }
             let sleep =
@@ -310,7 +349,7 @@ impl Checker {
 
     fn spawn_probe(
         &self,
-        id: String,
+        key: Key,
         (check, host, port, due, generation): (Check, String, u16, u64, u64),
         tx: &mpsc::UnboundedSender<Outcome>,
         permits: &Arc<Semaphore>,
@@ -352,7 +391,7 @@ impl Checker {
                 .observe(started.elapsed().as_secs_f64());
             let done = u64::try_from(epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
             let _ = tx.send(Outcome {
-                id,
+                key,
                 generation,
                 probe,
                 done,
@@ -362,58 +401,85 @@ impl Checker {
 
     /// Feeds one result to its tracker, schedules the next probe, and proposes the transition
     /// the tracker decides, if any.
-    fn record(&self, raft: &Arc<RaftNode>, outcome: Outcome) {
+    fn record(self: &Arc<Self>, raft: &Arc<RaftNode>, outcome: Outcome) {
         let Outcome {
-            id,
+            key,
             generation,
             probe,
             done,
         } = outcome;
         let verdict = {
             let mut state = self.lock();
-            let Some(e) = state.entries.get_mut(&id) else {
+            let Some(e) = state.entries.get_mut(&key) else {
                 return;
             };
             if e.generation != generation {
                 return; // the entry was replaced while this probe ran
             }
             e.due = done + e.check.interval;
-            let verdict = e.tracker.observe(&probe, done, &e.check, &self.flap);
+            let flap = match key.1 {
+                Role::Readiness => self.flap,
+                Role::Liveness => FlapPolicy::NEVER,
+            };
+            let verdict = e.tracker.observe(&probe, done, &e.check, &flap);
             let due = e.due;
-            state.queue.insert((due, id.clone()));
+            state.queue.insert((due, key.clone()));
             verdict
         };
         let Some(v) = verdict else { return };
-        let to = match (v.ready, v.reason == FLAPPING) {
-            (_, true) => "flapping",
-            (true, _) => "ready",
-            (false, _) => "not_ready",
+        let to = match (key.1, v.ready, v.reason == FLAPPING) {
+            (Role::Liveness, true, _) => "live",
+            (Role::Liveness, false, _) => "dead",
+            (_, _, true) => "flapping",
+            (_, true, _) => "ready",
+            (_, false, _) => "not_ready",
         };
         self.metrics
             .check_transitions
             .get_or_create(&TransitionLabels { to })
             .inc();
-        let raft = raft.clone();
+        let (this, raft) = (self.clone(), raft.clone());
         tokio::spawn(async move {
-            let cmd = Command::SetReadiness {
-                instance_id: id.clone(),
-                ready: v.ready,
-                reason: v.reason,
-                at: wall_ms(),
+            let (instance_id, role) = key.clone();
+            let cmd = match role {
+                Role::Readiness => Command::SetReadiness {
+                    instance_id,
+                    ready: v.ready,
+                    reason: v.reason,
+                    at: wall_ms(),
+                },
+                Role::Liveness => Command::SetLiveness {
+                    instance_id,
+                    live: v.ready,
+                    reason: format!("liveness {}", v.reason),
+                    at: wall_ms(),
+                },
             };
             if let Err(e) = raft.propose(cmd).await {
-                // The registry did not change: the next applied change (or none) stands. The
-                // tracker is re-synced from the registry on every applied change of this
-                // instance; until then its next verdict retries the same transition.
-                tracing::warn!(instance = %id, error = %e, "could not record a readiness change");
+                // The registry did not change: the tracker takes its state back and counts
+                // afresh, so the next probes decide (and propose) again.
+                tracing::warn!(instance = %key.0, ?role, error = %e, "could not record a check transition");
+                let now = raft.read(|r| r.get(&key.0).map(|i| role.state(i)));
+                if let Some(now) = now
+                    && let Some(e) = this.lock().entries.get_mut(&key)
+                    && e.generation == generation
+                {
+                    e.tracker.sync(now);
+                }
             }
         });
     }
 }
 
 fn forget(state: &mut State, id: &str) {
-    if let Some(e) = state.entries.remove(id) {
-        state.queue.remove(&(e.due, id.to_string()));
+    for role in Role::ALL {
+        forget_one(state, &(id.to_string(), role));
+    }
+}
+
+fn forget_one(state: &mut State, key: &Key) {
+    if let Some(e) = state.entries.remove(key) {
+        state.queue.remove(&(e.due, key.clone()));
         if e.owned {
             state.owned -= 1;
         }

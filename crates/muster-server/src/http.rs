@@ -339,10 +339,19 @@ pub(super) async fn renew_local(
     let expires = match renewed {
         Ok(t) => t,
         Err(RenewError::Lapsed) => {
+            let dead = app.raft.read(|r| {
+                r.get(id)
+                    .filter(|i| !i.live)
+                    .map(|i| i.status_reason.clone())
+            });
+            let message = match dead {
+                Some(why) => format!("{id:?} is being expired ({why}); register it again"),
+                None => format!("the lease of {id:?} has expired; register it again"),
+            };
             return Err(ApiError::new(
                 StatusCode::NOT_FOUND,
                 "unknown_instance",
-                format!("the lease of {id:?} has expired; register it again"),
+                message,
             ));
         }
         Err(_) => return Err(ApiError::unknown_instance(id)),

@@ -162,6 +162,11 @@ impl Leases {
                     earliest = earliest.min(now.saturating_add(ev.instance.spec.lease_ttl));
                 }
                 table.reconcile(id, current(id), false, now);
+                if let Some(inst) = registry.get(id)
+                    && table.set_live(id, inst.live, now)
+                {
+                    earliest = now; // its liveness check failed: expire it (or hold it) now
+                }
             }
             for inst in registered {
                 let id = inst.spec.instance_id.as_str();
@@ -185,6 +190,7 @@ impl Leases {
                 inst.modify_index,
                 now,
             );
+            table.set_live(&inst.spec.instance_id, inst.live, now);
         }
         drop(table);
         self.nudge(0);

@@ -122,6 +122,9 @@ pub(crate) struct RegisterArgs {
     /// HTTP readiness path.
     #[arg(long)]
     pub(crate) health_endpoint: Option<String>,
+    /// HTTP liveness path: when it fails, the instance expires.
+    #[arg(long)]
+    pub(crate) liveness_endpoint: Option<String>,
     /// Lease TTL, e.g. 30s.
     #[arg(long)]
     pub(crate) ttl: Option<String>,

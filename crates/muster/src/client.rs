@@ -176,6 +176,11 @@ fn register_request(a: RegisterArgs) -> anyhow::Result<RegisterRequest> {
         metadata: (!metadata.is_empty()).then_some(metadata),
         health_endpoint: a.health_endpoint,
         check: None,
+        liveness_check: a.liveness_endpoint.map(|path| muster_core::CheckRequest {
+            kind: Some("http".into()),
+            target: Some(path),
+            ..Default::default()
+        }),
         lease_ttl: a.ttl,
         status: a.healthy.then(|| "HEALTHY".to_string()),
     })

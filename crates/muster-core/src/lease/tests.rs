@@ -183,3 +183,41 @@ fn releases_some_sees_any_service_let_go() {
     assert!(!held(false, &["a"]).releases_some(&held(true, &[])));
     assert!(!none().releases_some(&none()));
 }
+
+#[test]
+fn a_dead_instance_is_at_risk_at_once_refuses_renewals_and_lapses_half_a_ttl_later() {
+    let mut t = LeaseTable::new();
+    t.track("a", "s", 10_000, 1, 0);
+    t.track("b", "s", 10_000, 2, 0);
+    assert!(t.set_live("a", false, 1_000), "condemned by the call");
+    assert!(!t.set_live("a", false, 1_100), "only once");
+    assert!(t.lapsed(5_999, 10, &none()).is_empty());
+    assert_eq!(t.lapsed(6_000, 10, &none()), vec![(Arc::from("a"), 1)]);
+    assert_eq!(t.renew("a", 1_000), Err(RenewError::Lapsed));
+    assert_eq!(
+        t.renew_held("a", 1_000),
+        Err(RenewError::Lapsed),
+        "not even while protection holds its service"
+    );
+    // Reconciling (another change to it) and a new term keep it lapsed; protection letting go
+    // of its service does not give it time either.
+    t.reconcile("a", Some(("s", 10_000, 5)), false, 1_200);
+    t.arm_all(2_000);
+    assert_eq!(t.rearm_held(2_000, |_| true), 0);
+    assert_eq!(t.lapsed(6_000, 10, &none()), vec![(Arc::from("a"), 5)]);
+    let a = t.assess(
+        1_000,
+        &ProtectionConfig {
+            threshold: 0.3,
+            min_leases: 1,
+            min_service: 1,
+        },
+    );
+    assert_eq!(a.at_risk, 1, "a dead instance is at risk like a silent one");
+    assert!(a.holds("s"), "1 of 2 dead at once is held like a cut");
+    // Alive again: a full TTL, renewals accepted.
+    assert!(!t.set_live("a", true, 3_000));
+    assert_eq!(t.info("a").map(|i| i.deadline), Some(13_000));
+    assert_eq!(t.renew("a", 4_000), Ok(14_000));
+    assert!(!t.set_live("zz", false, 0), "unknown ids are ignored");
+}

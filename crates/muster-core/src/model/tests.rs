@@ -227,6 +227,7 @@ fn instance_round_trips_through_json() {
         status: Status::Healthy,
         status_reason: "heartbeat reported ready".into(),
         ready: true,
+        live: true,
         registered_at: 1_776_000_000_123,
         status_changed_at: 1_776_000_001_000,
         create_index: 3,
@@ -239,6 +240,14 @@ fn instance_round_trips_through_json() {
     );
     assert!(json.contains(r#""leaseTtl":"30s""#), "{json}");
     assert!(json.contains(r#""status":"HEALTHY""#), "{json}");
+    assert!(!json.contains("live"), "live shows only when false: {json}");
     let back: Instance = serde_json::from_str(&json).unwrap();
     assert_eq!(back, inst);
+    let dead = Instance {
+        live: false,
+        ..inst
+    };
+    let json = serde_json::to_string(&dead).unwrap();
+    assert!(json.contains(r#""live":false"#), "{json}");
+    assert_eq!(serde_json::from_str::<Instance>(&json).unwrap(), dead);
 }

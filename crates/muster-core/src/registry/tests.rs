@@ -476,6 +476,12 @@ fn arb_command() -> impl Strategy<Value = Command> {
             reason: "probe".into(),
             at: 13
         }),
+        (id.clone(), any::<bool>()).prop_map(|(i, l)| Command::SetLiveness {
+            instance_id: i.into(),
+            live: l,
+            reason: "liveness probe".into(),
+            at: 15
+        }),
         prop::collection::vec((id, 0u64..20), 0..4).prop_map(|v| Command::Expire {
             instances: v.into_iter().map(|(i, m)| (i.to_string(), m)).collect(),
             term: 0,
@@ -523,8 +529,8 @@ proptest! {
                 prop_assert!(inst.modify_index >= before);
                 prop_assert!(inst.create_index <= inst.modify_index);
                 prop_assert!(!inst.status.is_terminal());
-                // The lifecycle: only ready instances are HEALTHY.
-                prop_assert!(inst.status != Status::Healthy || inst.ready);
+                // The lifecycle: only ready, live instances are HEALTHY.
+                prop_assert!(inst.status != Status::Healthy || (inst.ready && inst.live));
             }
             // Every service with instances is known, and every instance's service lists it.
             for name in reg.services().map(str::to_string).collect::<Vec<_>>() {
@@ -532,4 +538,93 @@ proptest! {
             }
         }
     }
+}
+
+fn liveness(id: &str, live: bool, reason: &str) -> Command {
+    Command::SetLiveness {
+        instance_id: id.into(),
+        live,
+        reason: reason.into(),
+        at: 5,
+    }
+}
+
+fn readiness(id: &str, ready: bool) -> Command {
+    Command::SetReadiness {
+        instance_id: id.into(),
+        ready,
+        reason: if ready {
+            "check passed"
+        } else {
+            "check failed"
+        }
+        .into(),
+        at: 4,
+    }
+}
+
+#[test]
+fn a_failed_liveness_check_takes_an_instance_out_until_it_passes_again() {
+    let mut h = Harness::new();
+    h.apply(register("inv", "i1", false)).unwrap();
+    h.apply(readiness("i1", true)).unwrap();
+    assert_eq!(h.status("i1"), Some(Status::Healthy));
+    h.apply(liveness("i1", false, "liveness check failed: HTTP 500"))
+        .unwrap();
+    let inst = h.reg.get("i1").unwrap();
+    assert_eq!(
+        (inst.status, inst.live, inst.ready),
+        (Status::Unhealthy, false, true)
+    );
+    assert_eq!(inst.status_reason, "liveness check failed: HTTP 500");
+    // Readiness passing again does not bring a dead instance back, nor hide why it is out.
+    h.apply(readiness("i1", false)).unwrap();
+    h.apply(readiness("i1", true)).unwrap();
+    let inst = h.reg.get("i1").unwrap();
+    assert_eq!(inst.status, Status::Unhealthy);
+    assert_eq!(inst.status_reason, "liveness check failed: HTTP 500");
+    // Nor does undraining it.
+    h.apply(Command::SetStatus {
+        instance_id: "i1".into(),
+        status: Status::Draining,
+        reason: String::new(),
+        at: 6,
+    })
+    .unwrap();
+    h.apply(Command::SetStatus {
+        instance_id: "i1".into(),
+        status: Status::Healthy,
+        reason: String::new(),
+        at: 7,
+    })
+    .unwrap();
+    assert_eq!(h.status("i1"), Some(Status::Unhealthy));
+    // The liveness check passes again: back in rotation, since it is ready.
+    h.apply(liveness("i1", true, "liveness check passed"))
+        .unwrap();
+    let inst = h.reg.get("i1").unwrap();
+    assert_eq!((inst.status, inst.live), (Status::Healthy, true));
+    assert_eq!(inst.status_reason, "liveness check passed");
+}
+
+#[test]
+fn a_dead_instance_that_registers_again_starts_over() {
+    let mut h = Harness::new();
+    h.apply(register("inv", "i1", false)).unwrap();
+    h.apply(readiness("i1", true)).unwrap();
+    h.apply(liveness("i1", false, "liveness check failed: refused"))
+        .unwrap();
+    h.apply(register("inv", "i1", false)).unwrap();
+    let inst = h.reg.get("i1").unwrap();
+    assert_eq!(
+        (inst.status, inst.live, inst.ready),
+        (Status::Starting, true, false),
+        "not straight back into rotation"
+    );
+    // Unchanged liveness writes nothing.
+    let before = h.reg.index();
+    h.apply(liveness("i1", true, "liveness check passed"))
+        .unwrap();
+    assert!(h.events.is_empty(), "{:?}", h.events);
+    assert!(h.reg.index() > before);
 }

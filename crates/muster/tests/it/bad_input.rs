@@ -165,6 +165,29 @@ async fn each_class_of_bad_input() {
         "invalid_field",
         Some("check.headers"),
     );
+    check(
+        m.post(
+            "/v1/instances",
+            with("livenessCheck", json!({"type": "ttl"})),
+        )
+        .await,
+        422,
+        "invalid_field",
+        Some("livenessCheck.type"),
+    );
+    check(
+        m.post(
+            "/v1/instances",
+            with(
+                "livenessCheck",
+                json!({"type": "http", "target": "/live", "interval": "1s", "timeout": "2s"}),
+            ),
+        )
+        .await,
+        422,
+        "invalid_field",
+        Some("livenessCheck.timeout"),
+    );
     let tags: Vec<String> = (0..33).map(|i| format!("t{i}")).collect();
     check(
         m.post("/v1/instances", with("tags", json!(tags))).await,

@@ -336,3 +336,128 @@ async fn checks_are_spread_over_the_members_and_move_when_one_leaves() {
         }
     }
 }
+
+fn with_liveness(id: &str, ready_port: u16, live_port: u16, ttl: &str) -> Value {
+    json!({"service": "web", "instanceId": id, "host": "127.0.0.1", "port": ready_port,
+           "leaseTtl": ttl,
+           "check": {"type": "http", "target": "/ready", "interval": "100ms", "timeout": "100ms"},
+           "livenessCheck": {"type": "http", "target": format!("http://127.0.0.1:{live_port}/live"),
+                             "interval": "100ms", "timeout": "100ms", "failuresBeforeUnhealthy": 2}})
+}
+
+#[tokio::test]
+async fn a_failing_liveness_check_expires_an_instance_that_still_heartbeats() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = Muster::start_in(dir.path(), &[]);
+    let (ready, live) = (
+        Target::http(true, false).await,
+        Target::http(true, false).await,
+    );
+    let (code, v) = m
+        .post(
+            "/v1/instances",
+            with_liveness("w1", ready.port, live.port, "2s"),
+        )
+        .await;
+    assert_eq!(code, 201, "{v}");
+    assert_eq!(
+        v["instance"]["livenessCheck"]["failuresBeforeUnhealthy"], 2,
+        "{v}"
+    );
+    until(&m, "w1", "HEALTHY").await;
+    assert!(
+        live.last_request().starts_with("GET /live "),
+        "{}",
+        live.last_request()
+    );
+
+    // Deadlocked, say: it still heartbeats, but its liveness endpoint fails.
+    let mut watch = m.watch("service=web").await;
+    live.set_ready(false);
+    let mut saw = Vec::new();
+    for _ in 0..100 {
+        let (code, v) = m.post("/v1/instances/w1/heartbeat", json!({})).await;
+        if code == 404 {
+            assert!(
+                v["error"]["message"]
+                    .as_str()
+                    .unwrap_or("")
+                    .contains("liveness check failed: HTTP 503"),
+                "{v}"
+            );
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    while let Some(frame) = watch.next_within(Duration::from_secs(5)).await {
+        let inst = &frame.data["instance"];
+        saw.push((
+            inst["status"].as_str().unwrap_or("").to_string(),
+            inst["statusReason"].as_str().unwrap_or("").to_string(),
+        ));
+        if inst["status"] == "EXPIRED" {
+            break;
+        }
+    }
+    let statuses: Vec<&str> = saw.iter().map(|(s, _)| s.as_str()).collect();
+    assert!(
+        statuses.ends_with(&["UNHEALTHY", "EXPIRED"]),
+        "out of rotation first, then expired (half a TTL later) though it heartbeats: {saw:?}"
+    );
+    assert_eq!(saw[saw.len() - 2].1, "liveness check failed: HTTP 503");
+    assert_eq!(m.get("/v1/instances/w1").await.0, 404);
+    assert!(
+        m.metrics()
+            .await
+            .contains("muster_check_transitions_total{to=\"dead\"} 1")
+    );
+}
+
+#[tokio::test]
+async fn liveness_failing_everywhere_at_once_is_held_and_recovers() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = Muster::start_in(dir.path(), &[]);
+    let (ready, live) = (
+        Target::http(true, false).await,
+        Target::http(true, false).await,
+    );
+    let ids: Vec<String> = (0..10).map(|i| format!("w{i}")).collect();
+    for id in &ids {
+        let (code, v) = m
+            .post(
+                "/v1/instances",
+                with_liveness(id, ready.port, live.port, "60s"),
+            )
+            .await;
+        assert_eq!(code, 201, "{v}");
+    }
+    for id in &ids {
+        until(&m, id, "HEALTHY").await;
+    }
+    // One shared dependency of the probes breaks (a cut on the prober's side looks the same):
+    // every liveness check fails at once. Protection holds the expiries.
+    live.set_ready(false);
+    for _ in 0..100 {
+        let (_, leases) = m.get("/v1/leases").await;
+        if leases["protection"]["active"] == true {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (_, leases) = m.get("/v1/leases").await;
+    assert_eq!(leases["protection"]["active"], true, "{leases}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for id in &ids {
+        let (code, v) = m.get(&format!("/v1/instances/{id}")).await;
+        assert_eq!(code, 200, "{id} was expired: protection must hold");
+        assert_eq!(v["live"], false, "{v}");
+        assert_eq!(v["status"], "UNHEALTHY", "{v}");
+    }
+    // It comes back: every instance is alive and in rotation again, none was lost.
+    live.set_ready(true);
+    for id in &ids {
+        assert_eq!(until(&m, id, "HEALTHY").await, "liveness check passed");
+    }
+    let (_, list) = m.get("/v1/services/web").await;
+    assert_eq!(crate::harness::instance_ids(&list).len(), 10);
+}

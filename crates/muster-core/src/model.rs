@@ -144,6 +144,75 @@ impl CheckMethod {
     }
 }
 
+/// The HTTP statuses that pass a check, `lo..=hi` (default 200–399, as Kubernetes probes).
+/// On the wire: `"200-299"`, or one status, `"204"`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(into = "String", try_from = "String")]
+pub struct StatusRange {
+    /// Lowest passing status.
+    pub lo: u16,
+    /// Highest passing status.
+    pub hi: u16,
+}
+
+impl Default for StatusRange {
+    fn default() -> Self {
+        StatusRange { lo: 200, hi: 399 }
+    }
+}
+
+impl StatusRange {
+    /// Whether `status` passes.
+    pub fn contains(self, status: u16) -> bool {
+        (self.lo..=self.hi).contains(&status)
+    }
+
+    fn is_default(&self) -> bool {
+        *self == StatusRange::default()
+    }
+
+    /// Parses `"200-299"` or `"204"`: statuses 100–599, low to high.
+    pub fn parse(text: &str) -> Result<StatusRange, String> {
+        let bad = || {
+            format!(
+                "expectedStatus is a status or a range of them (\"200-299\", 100-599), got {text:?}"
+            )
+        };
+        let number = |t: &str| {
+            t.trim()
+                .parse::<u16>()
+                .ok()
+                .filter(|n| (100..=599).contains(n))
+                .ok_or_else(bad)
+        };
+        let (lo, hi) = match text.split_once('-') {
+            Some((lo, hi)) => (number(lo)?, number(hi)?),
+            None => (number(text)?, number(text)?),
+        };
+        if lo > hi {
+            return Err(bad());
+        }
+        Ok(StatusRange { lo, hi })
+    }
+}
+
+impl From<StatusRange> for String {
+    fn from(r: StatusRange) -> String {
+        if r.lo == r.hi {
+            r.lo.to_string()
+        } else {
+            format!("{}-{}", r.lo, r.hi)
+        }
+    }
+}
+
+impl TryFrom<String> for StatusRange {
+    type Error = String;
+    fn try_from(text: String) -> Result<Self, String> {
+        StatusRange::parse(&text)
+    }
+}
+
 /// A validated readiness check attached to an instance.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -171,6 +240,9 @@ pub struct Check {
     /// HTTP only: headers sent with each probe (lower-case names).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub headers: BTreeMap<String, String>,
+    /// HTTP only: the statuses that pass.
+    #[serde(default, skip_serializing_if = "StatusRange::is_default")]
+    pub expected_status: StatusRange,
 }
 
 /// Default interval between probes.
@@ -203,6 +275,8 @@ pub struct CheckRequest {
     pub method: Option<String>,
     /// Headers to send (HTTP checks only).
     pub headers: Option<BTreeMap<String, String>>,
+    /// Passing statuses, e.g. `"200-299"` (HTTP checks only; default 200-399).
+    pub expected_status: Option<String>,
 }
 
 /// A registration as it arrives on the wire (`POST /v1/instances`).
@@ -650,6 +724,17 @@ fn validate_check(req: CheckRequest, field: &str) -> Result<Check, ValidationErr
         ));
     }
     let (method, headers) = http_options(kind, req.method, req.headers, &f)?;
+    if kind != CheckKind::Http && req.expected_status.is_some() {
+        return Err(ValidationError::invalid(
+            f("expectedStatus"),
+            "expectedStatus applies to HTTP checks only",
+        ));
+    }
+    let expected_status = match req.expected_status {
+        None => StatusRange::default(),
+        Some(text) => StatusRange::parse(&text)
+            .map_err(|m| ValidationError::invalid(f("expectedStatus"), m))?,
+    };
     let duration = |v: Option<String>, sub: &str, default: u64| -> Result<u64, ValidationError> {
         let Some(text) = v else { return Ok(default) };
         let ms = parse_duration_ms(&text).map_err(|m| ValidationError::invalid(f(sub), m))?;
@@ -699,6 +784,7 @@ fn validate_check(req: CheckRequest, field: &str) -> Result<Check, ValidationErr
         )?,
         method,
         headers,
+        expected_status,
     })
 }
 

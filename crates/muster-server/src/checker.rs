@@ -486,8 +486,8 @@ fn forget_one(state: &mut State, key: &Key) {
     }
 }
 
-/// Runs one probe: an HTTP request (the check's method and headers) that must answer 2xx/3xx,
-/// or a TCP connect.
+/// Runs one probe: an HTTP request (the check's method and headers) that must answer one of
+/// its expected statuses, a TCP connect, or a gRPC health call.
 async fn probe(http: &reqwest::Client, check: &Check, host: &str, port: u16) -> Probe {
     let timeout = Duration::from_millis(check.timeout);
     match check.kind {
@@ -510,7 +510,7 @@ async fn probe(http: &reqwest::Client, check: &Check, host: &str, port: u16) -> 
                 request = request.header(name, value);
             }
             match request.timeout(timeout).send().await {
-                Ok(r) if r.status().is_success() || r.status().is_redirection() => Probe::Pass,
+                Ok(r) if check.expected_status.contains(r.status().as_u16()) => Probe::Pass,
                 Ok(r) => Probe::Fail(format!("HTTP {}", r.status().as_u16())),
                 Err(e) if e.is_timeout() => Probe::Fail(format!("timed out after {timeout:?}")),
                 Err(e) => Probe::Fail(format!("request failed: {e}")),

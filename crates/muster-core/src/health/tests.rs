@@ -12,6 +12,7 @@ fn check(success: u32, failures: u32) -> Check {
         failures_before_unhealthy: failures,
         method: Default::default(),
         headers: Default::default(),
+        expected_status: Default::default(),
     }
 }
 

@@ -251,3 +251,27 @@ fn instance_round_trips_through_json() {
     assert!(json.contains(r#""live":false"#), "{json}");
     assert_eq!(serde_json::from_str::<Instance>(&json).unwrap(), dead);
 }
+
+#[test]
+fn expected_status_ranges() {
+    let base = r#"{"service":"s","instanceId":"i","host":"h","port":1,"check":{"type":"http","target":"/r","expectedStatus":"#;
+    let check = |status: &str| {
+        req(&format!("{base}{status}}}}}"))
+            .validate()
+            .map(|(spec, _)| spec.check.expect("a check").expected_status)
+    };
+    assert_eq!(check(r#""200-299""#), Ok(StatusRange { lo: 200, hi: 299 }));
+    assert_eq!(check(r#""204""#), Ok(StatusRange { lo: 204, hi: 204 }));
+    for bad in [r#""299-200""#, r#""99""#, r#""600""#, r#""2xx""#, r#""""#] {
+        let e = check(bad).expect_err(bad);
+        assert_eq!(e.field, "check.expectedStatus", "{bad}");
+    }
+    let tcp = r#"{"service":"s","instanceId":"i","host":"h","port":1,"check":{"type":"tcp","expectedStatus":"200"}}"#;
+    assert_eq!(err(tcp).field, "check.expectedStatus");
+    // The default is not written out, a range is, and both read back.
+    let range = StatusRange { lo: 200, hi: 299 };
+    assert_eq!(serde_json::to_string(&range).unwrap(), r#""200-299""#);
+    assert!(range.contains(299) && !range.contains(300));
+    let d = StatusRange::default();
+    assert!(d.contains(200) && d.contains(399) && !d.contains(404));
+}

@@ -461,3 +461,21 @@ async fn liveness_failing_everywhere_at_once_is_held_and_recovers() {
     let (_, list) = m.get("/v1/services/web").await;
     assert_eq!(crate::harness::instance_ids(&list).len(), 10);
 }
+
+#[tokio::test]
+async fn an_http_check_passes_on_its_expected_statuses_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = Muster::start_in(dir.path(), &[]);
+    // A maintenance page that answers 503 when all is well, say: only 503 passes.
+    let target = Target::http(false, false).await;
+    let check = json!({"type": "http", "target": "/ready", "interval": "100ms", "timeout": "100ms",
+                       "failuresBeforeUnhealthy": 1, "expectedStatus": "503"});
+    let (code, v) = m
+        .post("/v1/instances", checked("w1", target.port, check))
+        .await;
+    assert_eq!(code, 201, "{v}");
+    assert_eq!(v["instance"]["check"]["expectedStatus"], "503");
+    assert_eq!(until(&m, "w1", "HEALTHY").await, "check passed");
+    target.set_ready(true);
+    assert_eq!(until(&m, "w1", "UNHEALTHY").await, "check failed: HTTP 200");
+}

@@ -228,6 +228,8 @@ pub struct Event {
     pub kind: EventKind,
     /// The instance after the change (for a removal: with status EXPIRED or REMOVED).
     pub instance: Arc<Instance>,
+    /// Its status before the change (`None` for a new instance).
+    pub from: Option<Status>,
 }
 
 /// The kind of an [`Event`].
@@ -664,12 +666,15 @@ impl Registry {
             .or_default();
         svc.modify_index = self.index;
         svc.instances.insert(instance.spec.instance_id.clone());
-        self.instances
-            .insert(instance.spec.instance_id.clone(), instance.clone());
+        let from = self
+            .instances
+            .insert(instance.spec.instance_id.clone(), instance.clone())
+            .map(|old| old.status);
         events.push(Event {
             index: self.index,
             kind: EventKind::Upsert,
             instance: instance.clone(),
+            from,
         });
         instance
     }
@@ -701,6 +706,7 @@ impl Registry {
             index: self.index,
             kind: EventKind::Delete,
             instance: gone.clone(),
+            from: Some(existing.status),
         });
         Some(gone)
     }

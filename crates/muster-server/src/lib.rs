@@ -26,7 +26,7 @@ pub use config::{Config, ConfigError, ValidConfig};
 
 use crate::hub::Hub;
 use crate::leases::Leases;
-use crate::metrics::{InstanceLabels, Metrics};
+use crate::metrics::{InstanceLabels, Metrics, StatusChangeLabels};
 use crate::raft::{ApplyObserver, RaftNode, RaftSettings};
 
 /// Feeds every applied change to the views, the lease table and the metrics.
@@ -81,6 +81,16 @@ impl ApplyObserver for Applier {
         self.leases.applied(registry, events, registered);
         if let Some(c) = &self.checker {
             c.applied(registry, events);
+        }
+        for ev in events {
+            let to = ev.instance.status;
+            if ev.from != Some(to) {
+                let labels = StatusChangeLabels {
+                    from: ev.from.map_or("NEW", Status::as_str),
+                    to: to.as_str(),
+                };
+                self.metrics.status_changes.get_or_create(&labels).inc();
+            }
         }
         let expired = events
             .iter()

@@ -42,10 +42,19 @@ pub struct TypeLabels {
     pub r#type: &'static str,
 }
 
-/// `to` label of a readiness transition.
+/// `to` label of a transition decided by a check.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TransitionLabels {
-    /// `ready`, `not_ready` or `flapping`.
+    /// `ready`, `not_ready`, `flapping`, `dead` or `live`.
+    pub to: &'static str,
+}
+
+/// `from` and `to` labels of an instance status change.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StatusChangeLabels {
+    /// Status before (`NEW` for a new instance).
+    pub from: &'static str,
+    /// Status after.
     pub to: &'static str,
 }
 
@@ -104,9 +113,11 @@ pub struct Metrics {
     pub probe_latency: Family<TypeLabels, Histogram, fn() -> Histogram>,
     /// How late probes start against their schedule.
     pub check_drift: Histogram,
-    /// Readiness transitions decided by checks.
+    /// Transitions decided by checks (this node's).
     pub check_transitions: Family<TransitionLabels, Counter>,
-    /// Instances with an active check (on the leader).
+    /// Instance status changes applied, by from and to (the same on every node).
+    pub status_changes: Family<StatusChangeLabels, Counter>,
+    /// Instances with an active check that this node probes.
     pub checked: Gauge,
     /// Instances held out for flapping.
     pub flapping: Gauge,
@@ -143,6 +154,7 @@ impl Metrics {
             probe_latency: Family::new_with_constructor(latency_histogram),
             check_drift: latency_histogram(),
             check_transitions: Family::default(),
+            status_changes: Family::default(),
             checked: Gauge::default(),
             flapping: Gauge::default(),
             forwarded_batches: Counter::default(),
@@ -239,8 +251,13 @@ impl Metrics {
         );
         registry.register(
             "check_transitions",
-            "Readiness transitions decided by active checks",
+            "Transitions decided by this node's active checks",
             m.check_transitions.clone(),
+        );
+        registry.register(
+            "instance_transitions",
+            "Instance status changes applied, by from and to",
+            m.status_changes.clone(),
         );
         registry.register(
             "checked_instances",

@@ -81,6 +81,9 @@ async fn readiness_follows_the_http_check() {
         "muster_check_transitions_total{to=\"ready\"} 1",
         "muster_check_transitions_total{to=\"not_ready\"} 1",
         "muster_checked_instances 1",
+        "muster_instance_transitions_total{from=\"NEW\",to=\"STARTING\"} 1",
+        "muster_instance_transitions_total{from=\"STARTING\",to=\"HEALTHY\"} 1",
+        "muster_instance_transitions_total{from=\"HEALTHY\",to=\"UNHEALTHY\"} 1",
     ] {
         assert!(text.contains(needle), "metrics lack {needle}:\n{text}");
     }

@@ -243,6 +243,12 @@ pub struct Check {
     /// HTTP only: the statuses that pass.
     #[serde(default, skip_serializing_if = "StatusRange::is_default")]
     pub expected_status: StatusRange,
+    /// HTTP only: probe over TLS (HTTPS; implied by an `https://` target).
+    #[serde(default, skip_serializing_if = "is_no")]
+    pub tls: bool,
+    /// HTTP only: accept any server certificate (self-signed, wrong name, expired).
+    #[serde(default, skip_serializing_if = "is_no")]
+    pub tls_skip_verify: bool,
 }
 
 /// Default interval between probes.
@@ -277,6 +283,10 @@ pub struct CheckRequest {
     pub headers: Option<BTreeMap<String, String>>,
     /// Passing statuses, e.g. `"200-299"` (HTTP checks only; default 200-399).
     pub expected_status: Option<String>,
+    /// Probe over TLS (HTTP checks only).
+    pub tls: Option<bool>,
+    /// Accept any server certificate (HTTP checks over TLS only).
+    pub tls_skip_verify: Option<bool>,
 }
 
 /// A registration as it arrives on the wire (`POST /v1/instances`).
@@ -433,6 +443,10 @@ fn yes() -> bool {
 
 fn is_yes(b: &bool) -> bool {
     *b
+}
+
+fn is_no(b: &bool) -> bool {
+    !*b
 }
 
 impl RegisterRequest {
@@ -708,19 +722,50 @@ fn validate_check(req: CheckRequest, field: &str) -> Result<Check, ValidationErr
             format!("check target must be at most {MAX_CHECK_TARGET_LEN} printable bytes"),
         ));
     }
-    if kind == CheckKind::Http && target.starts_with("https://") {
-        // The prober has no TLS client yet: refuse rather than fail every probe.
-        return Err(ValidationError::invalid(
-            f("target"),
-            "HTTPS check targets are not supported yet: use an http:// URL or a path",
-        ));
-    }
-    if kind == CheckKind::Http && !(target.starts_with('/') || target.starts_with("http://")) {
+    let https = target.starts_with("https://");
+    if kind == CheckKind::Http
+        && !(target.starts_with('/') || target.starts_with("http://") || https)
+    {
         return Err(ValidationError::invalid(
             f("target"),
             format!(
-                "an HTTP check needs a path starting with '/' or an http:// URL, got {target:?}"
+                "an HTTP check needs a path starting with '/' or an http:// or https:// URL, got {target:?}"
             ),
+        ));
+    }
+    if kind != CheckKind::Http {
+        for (given, sub) in [
+            (req.tls.is_some(), "tls"),
+            (req.tls_skip_verify.is_some(), "tlsSkipVerify"),
+        ] {
+            if given {
+                return Err(ValidationError::invalid(
+                    f(sub),
+                    format!("{sub} applies to HTTP checks only"),
+                ));
+            }
+        }
+    }
+    let tls = match req.tls {
+        Some(false) if https => {
+            return Err(ValidationError::invalid(
+                f("tls"),
+                "an https:// target is probed over TLS: drop \"tls\": false",
+            ));
+        }
+        Some(true) if target.starts_with("http://") => {
+            return Err(ValidationError::invalid(
+                f("tls"),
+                "an http:// target is probed in plain text: use an https:// URL",
+            ));
+        }
+        tls => tls.unwrap_or(false) || https,
+    };
+    let tls_skip_verify = req.tls_skip_verify.unwrap_or(false);
+    if tls_skip_verify && !tls {
+        return Err(ValidationError::invalid(
+            f("tlsSkipVerify"),
+            "tlsSkipVerify applies to checks over TLS only",
         ));
     }
     let (method, headers) = http_options(kind, req.method, req.headers, &f)?;
@@ -785,6 +830,8 @@ fn validate_check(req: CheckRequest, field: &str) -> Result<Check, ValidationErr
         method,
         headers,
         expected_status,
+        tls,
+        tls_skip_verify,
     })
 }
 

@@ -28,7 +28,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use muster_core::health::{FLAPPING, FlapPolicy, Probe, Tracker};
-use muster_core::{Check, CheckKind, CheckMethod, Command, Event, EventKind, Instance, Registry};
+use muster_core::{Check, CheckKind, Command, Event, EventKind, Instance, Registry};
 use pingora_ketama::{Bucket, Continuum};
 use tokio::sync::{Notify, Semaphore, mpsc, watch};
 use tokio::time::Instant;
@@ -36,6 +36,10 @@ use tokio::time::Instant;
 use crate::leases::wall_ms;
 use crate::metrics::{Metrics, ProbeLabels, TransitionLabels, TypeLabels};
 use crate::raft::RaftNode;
+
+mod probe;
+
+use probe::Prober;
 
 /// Probes in flight at once.
 const MAX_IN_FLIGHT: usize = 256;
@@ -152,20 +156,13 @@ pub struct Checker {
     epoch: Instant,
     wake: Notify,
     flap: FlapPolicy,
-    http: reqwest::Client,
+    prober: Arc<Prober>,
 }
 
 impl Checker {
     /// The checker of node `node_id`, damping flapping with `flap`.
     pub fn new(node_id: u64, flap: FlapPolicy, metrics: Arc<Metrics>) -> Result<Self, String> {
-        let http = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .user_agent(format!(
-                "muster-check/{} (node {node_id})",
-                env!("CARGO_PKG_VERSION")
-            ))
-            .build()
-            .map_err(|e| format!("cannot build the check client: {e}"))?;
+        let prober = Arc::new(Prober::new(node_id)?);
         Ok(Checker {
             node_id,
             state: Mutex::default(),
@@ -174,7 +171,7 @@ impl Checker {
             epoch: Instant::now(),
             wake: Notify::new(),
             flap,
-            http,
+            prober,
         })
     }
 
@@ -354,10 +351,10 @@ impl Checker {
         tx: &mpsc::UnboundedSender<Outcome>,
         permits: &Arc<Semaphore>,
     ) {
-        let (tx, permits, http, epoch, metrics) = (
+        let (tx, permits, prober, epoch, metrics) = (
             tx.clone(),
             permits.clone(),
-            self.http.clone(),
+            self.prober.clone(),
             self.epoch,
             self.metrics.clone(),
         );
@@ -370,7 +367,7 @@ impl Checker {
                 .unwrap_or(u64::MAX)
                 .saturating_sub(due);
             metrics.check_drift.observe(late as f64 / 1000.0);
-            let probe = probe(&http, &check, &host, port).await;
+            let probe = prober.probe(&check, &host, port).await;
             let kind = match check.kind {
                 CheckKind::Http => "http",
                 CheckKind::Tcp => "tcp",
@@ -483,94 +480,6 @@ fn forget_one(state: &mut State, key: &Key) {
         if e.owned {
             state.owned -= 1;
         }
-    }
-}
-
-/// Runs one probe: an HTTP request (the check's method and headers) that must answer one of
-/// its expected statuses, a TCP connect, or a gRPC health call.
-async fn probe(http: &reqwest::Client, check: &Check, host: &str, port: u16) -> Probe {
-    let timeout = Duration::from_millis(check.timeout);
-    match check.kind {
-        CheckKind::Http => {
-            let url = if check.target.starts_with("http://") {
-                check.target.clone()
-            } else {
-                let host = if host.contains(':') {
-                    format!("[{host}]")
-                } else {
-                    host.to_string()
-                };
-                format!("http://{host}:{port}{}", check.target)
-            };
-            let mut request = match check.method {
-                CheckMethod::Get => http.get(&url),
-                CheckMethod::Head => http.head(&url),
-            };
-            for (name, value) in &check.headers {
-                request = request.header(name, value);
-            }
-            match request.timeout(timeout).send().await {
-                Ok(r) if check.expected_status.contains(r.status().as_u16()) => Probe::Pass,
-                Ok(r) => Probe::Fail(format!("HTTP {}", r.status().as_u16())),
-                Err(e) if e.is_timeout() => Probe::Fail(format!("timed out after {timeout:?}")),
-                Err(e) => Probe::Fail(format!("request failed: {e}")),
-            }
-        }
-        CheckKind::Tcp => {
-            let target = if check.target.is_empty() {
-                format!("{host}:{port}")
-            } else {
-                check.target.clone()
-            };
-            match tokio::time::timeout(timeout, tokio::net::TcpStream::connect(&target)).await {
-                Ok(Ok(_)) => Probe::Pass,
-                Ok(Err(e)) => Probe::Fail(format!("connect to {target} failed: {e}")),
-                Err(_) => Probe::Fail(format!("connect to {target} timed out after {timeout:?}")),
-            }
-        }
-        CheckKind::Grpc => grpc_probe(&check.target, host, port, timeout).await,
-        // Not followed by the checker (see `follow`): never reached.
-        CheckKind::Ttl => Probe::Fail("ttl checks are not probed".into()),
-    }
-}
-
-/// A `grpc.health.v1.Health/Check` call for `service` (empty: the server as a whole) over a
-/// fresh plaintext HTTP/2 connection; only `SERVING` passes.
-async fn grpc_probe(service: &str, host: &str, port: u16, timeout: Duration) -> Probe {
-    use tonic_health::pb::HealthCheckRequest;
-    use tonic_health::pb::health_check_response::ServingStatus;
-    use tonic_health::pb::health_client::HealthClient;
-
-    let host = if host.contains(':') {
-        format!("[{host}]")
-    } else {
-        host.to_string()
-    };
-    let endpoint = match tonic::transport::Endpoint::from_shared(format!("http://{host}:{port}")) {
-        Ok(e) => e.connect_timeout(timeout).timeout(timeout),
-        Err(e) => return Probe::Fail(format!("bad gRPC address: {e}")),
-    };
-    let call = async {
-        let channel = endpoint
-            .connect()
-            .await
-            .map_err(|e| format!("connect to {host}:{port} failed: {e}"))?;
-        let response = HealthClient::new(channel)
-            .check(HealthCheckRequest {
-                service: service.to_string(),
-            })
-            .await
-            .map_err(|s| format!("gRPC health check failed: {:?}: {}", s.code(), s.message()))?;
-        Ok::<_, String>(response.into_inner().status)
-    };
-    match tokio::time::timeout(timeout, call).await {
-        Err(_) => Probe::Fail(format!("timed out after {timeout:?}")),
-        Ok(Err(why)) => Probe::Fail(why),
-        Ok(Ok(status)) if status == ServingStatus::Serving as i32 => Probe::Pass,
-        Ok(Ok(status)) => Probe::Fail(format!(
-            "gRPC health: {}",
-            ServingStatus::try_from(status).map_or("UNKNOWN", |s| s.as_str_name())
-        )),
     }
 }
 

@@ -13,6 +13,8 @@ fn check(success: u32, failures: u32) -> Check {
         method: Default::default(),
         headers: Default::default(),
         expected_status: Default::default(),
+        tls: false,
+        tls_skip_verify: false,
     }
 }
 

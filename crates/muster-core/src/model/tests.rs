@@ -104,9 +104,29 @@ fn out_of_range_values_say_what_was_expected() {
             "must not exceed",
         ),
         (
-            base(r#","check":{"type":"http","target":"https://10.0.0.1/ready"}"#),
+            base(r#","check":{"type":"http","target":"https://10.0.0.1/ready","tls":false}"#),
+            "check.tls",
+            "probed over TLS",
+        ),
+        (
+            base(r#","check":{"type":"http","target":"http://10.0.0.1/ready","tls":true}"#),
+            "check.tls",
+            "use an https:// URL",
+        ),
+        (
+            base(r#","check":{"type":"http","target":"/ready","tlsSkipVerify":true}"#),
+            "check.tlsSkipVerify",
+            "over TLS only",
+        ),
+        (
+            base(r#","check":{"type":"tcp","tls":true}"#),
+            "check.tls",
+            "HTTP checks only",
+        ),
+        (
+            base(r#","check":{"type":"http","target":"ftp://10.0.0.1/ready"}"#),
             "check.target",
-            "HTTPS check targets are not supported yet",
+            "https:// URL",
         ),
         (
             base(r#","check":{"type":"tcp","method":"GET"}"#),

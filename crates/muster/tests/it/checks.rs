@@ -482,3 +482,52 @@ async fn an_http_check_passes_on_its_expected_statuses_only() {
     target.set_ready(true);
     assert_eq!(until(&m, "w1", "UNHEALTHY").await, "check failed: HTTP 200");
 }
+
+#[tokio::test]
+async fn https_checks_verify_the_certificate_unless_told_not_to() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = Muster::start_in(dir.path(), &[]);
+    let target = Target::https(true).await;
+    let check = |skip: bool| {
+        json!({"type": "http", "target": "/ready", "tls": true, "tlsSkipVerify": skip,
+               "interval": "100ms", "timeout": "100ms", "failuresBeforeUnhealthy": 1})
+    };
+    // Skipping verification, a self-signed target passes, over TLS.
+    let (code, v) = m
+        .post("/v1/instances", checked("w1", target.port, check(true)))
+        .await;
+    assert_eq!(code, 201, "{v}");
+    assert_eq!(v["instance"]["check"]["tlsSkipVerify"], true, "{v}");
+    assert_eq!(until(&m, "w1", "HEALTHY").await, "check passed");
+    assert!(
+        target.last_request().starts_with("GET /ready HTTP/1.1"),
+        "{}",
+        target.last_request()
+    );
+    // Verifying (the default), the same certificate fails: no CA vouches for it.
+    let (code, v) = m
+        .post("/v1/instances", checked("w1", target.port, check(false)))
+        .await;
+    assert_eq!(code, 200, "{v}");
+    let reason = until(&m, "w1", "UNHEALTHY").await;
+    assert!(
+        reason.starts_with("check failed: request to https://127.0.0.1:")
+            && reason.contains("certificate"),
+        "{reason}"
+    );
+    // An https:// URL target means TLS too.
+    let url = format!("https://127.0.0.1:{}/ready", target.port);
+    let (code, v) = m
+        .post(
+            "/v1/instances",
+            checked(
+                "by-url",
+                target.port,
+                json!({"type": "http", "target": url, "tlsSkipVerify": true,
+                       "interval": "100ms", "timeout": "100ms"}),
+            ),
+        )
+        .await;
+    assert_eq!(code, 201, "{v}");
+    assert_eq!(until(&m, "by-url", "HEALTHY").await, "check passed");
+}

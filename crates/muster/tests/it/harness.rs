@@ -417,7 +417,30 @@ pub(crate) struct Target {
 
 impl Target {
     pub(crate) async fn http(ready: bool, hang: bool) -> Target {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        Target::start(ready, hang, None).await
+    }
+
+    /// An HTTPS target with a self-signed certificate for `localhost` (no CA trusts it).
+    pub(crate) async fn https(ready: bool) -> Target {
+        let key = rcgen::KeyPair::generate().expect("key");
+        let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()])
+            .expect("params")
+            .self_signed(&key)
+            .expect("self-signed");
+        let key = tokio_rustls::rustls::pki_types::PrivateKeyDer::try_from(key.serialize_der())
+            .expect("key der");
+        let provider = std::sync::Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+        let config = tokio_rustls::rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_no_client_auth()
+            .with_single_cert(vec![cert.der().clone()], key)
+            .expect("server config");
+        let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
+        Target::start(ready, false, Some(acceptor)).await
+    }
+
+    async fn start(ready: bool, hang: bool, tls: Option<tokio_rustls::TlsAcceptor>) -> Target {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
@@ -428,32 +451,19 @@ impl Target {
         let seen_all = seen.clone();
         let task = tokio::spawn(async move {
             loop {
-                let Ok((mut sock, _)) = listener.accept().await else {
+                let Ok((sock, _)) = listener.accept().await else {
                     return;
                 };
-                let (state, seen) = (state.clone(), seen_all.clone());
+                let (state, seen, tls) = (state.clone(), seen_all.clone(), tls.clone());
                 tokio::spawn(async move {
-                    let mut buf = [0u8; 2048];
-                    let n = sock.read(&mut buf).await.unwrap_or(0);
-                    {
-                        let mut seen = seen.lock().unwrap_or_else(|p| p.into_inner());
-                        if seen.len() >= 100_000 {
-                            seen.remove(0);
+                    match tls {
+                        None => answer(sock, &state, &seen, hang).await,
+                        Some(tls) => {
+                            if let Ok(sock) = tls.accept(sock).await {
+                                answer(sock, &state, &seen, hang).await;
+                            }
                         }
-                        seen.push(String::from_utf8_lossy(&buf[..n]).into_owned());
                     }
-                    if hang {
-                        tokio::time::sleep(Duration::from_secs(3600)).await;
-                        return;
-                    }
-                    let status = if state.load(std::sync::atomic::Ordering::SeqCst) {
-                        "200 OK"
-                    } else {
-                        "503 Service Unavailable"
-                    };
-                    let _ = sock
-                        .write_all(format!("HTTP/1.1 {status}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n").as_bytes())
-                        .await;
                 });
             }
         });
@@ -479,6 +489,38 @@ impl Target {
     pub(crate) fn set_ready(&self, ready: bool) {
         self.ready.store(ready, std::sync::atomic::Ordering::SeqCst);
     }
+}
+
+/// Reads one request head, records it, and answers 200 while `ready` (503 otherwise), or never
+/// when `hang`.
+async fn answer<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    mut sock: S,
+    ready: &std::sync::atomic::AtomicBool,
+    seen: &std::sync::Mutex<Vec<String>>,
+    hang: bool,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = [0u8; 2048];
+    let n = sock.read(&mut buf).await.unwrap_or(0);
+    {
+        let mut seen = seen.lock().unwrap_or_else(|p| p.into_inner());
+        if seen.len() >= 100_000 {
+            seen.remove(0);
+        }
+        seen.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+    }
+    if hang {
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+        return;
+    }
+    let status = if ready.load(std::sync::atomic::Ordering::SeqCst) {
+        "200 OK"
+    } else {
+        "503 Service Unavailable"
+    };
+    let head = format!("HTTP/1.1 {status}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+    let _ = sock.write_all(head.as_bytes()).await;
+    let _ = sock.shutdown().await;
 }
 
 impl Drop for Target {

@@ -243,10 +243,10 @@ pub struct Check {
     /// HTTP only: the statuses that pass.
     #[serde(default, skip_serializing_if = "StatusRange::is_default")]
     pub expected_status: StatusRange,
-    /// HTTP only: probe over TLS (HTTPS; implied by an `https://` target).
+    /// HTTP and gRPC: probe over TLS (for HTTP, implied by an `https://` target).
     #[serde(default, skip_serializing_if = "is_no")]
     pub tls: bool,
-    /// HTTP only: accept any server certificate (self-signed, wrong name, expired).
+    /// HTTP and gRPC over TLS: accept any server certificate (self-signed, wrong name, expired).
     #[serde(default, skip_serializing_if = "is_no")]
     pub tls_skip_verify: bool,
 }
@@ -283,9 +283,9 @@ pub struct CheckRequest {
     pub headers: Option<BTreeMap<String, String>>,
     /// Passing statuses, e.g. `"200-299"` (HTTP checks only; default 200-399).
     pub expected_status: Option<String>,
-    /// Probe over TLS (HTTP checks only).
+    /// Probe over TLS (HTTP and gRPC checks).
     pub tls: Option<bool>,
-    /// Accept any server certificate (HTTP checks over TLS only).
+    /// Accept any server certificate (checks over TLS only).
     pub tls_skip_verify: Option<bool>,
 }
 
@@ -733,7 +733,7 @@ fn validate_check(req: CheckRequest, field: &str) -> Result<Check, ValidationErr
             ),
         ));
     }
-    if kind != CheckKind::Http {
+    if !matches!(kind, CheckKind::Http | CheckKind::Grpc) {
         for (given, sub) in [
             (req.tls.is_some(), "tls"),
             (req.tls_skip_verify.is_some(), "tlsSkipVerify"),
@@ -741,7 +741,7 @@ fn validate_check(req: CheckRequest, field: &str) -> Result<Check, ValidationErr
             if given {
                 return Err(ValidationError::invalid(
                     f(sub),
-                    format!("{sub} applies to HTTP checks only"),
+                    format!("{sub} applies to HTTP and gRPC checks only"),
                 ));
             }
         }

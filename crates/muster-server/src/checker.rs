@@ -27,6 +27,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use futures_util::FutureExt;
 use muster_core::health::{FLAPPING, FlapPolicy, Probe, Tracker};
 use muster_core::{Check, CheckKind, Command, Event, EventKind, Instance, Registry};
 use pingora_ketama::{Bucket, Continuum};
@@ -367,7 +368,12 @@ impl Checker {
                 .unwrap_or(u64::MAX)
                 .saturating_sub(due);
             metrics.check_drift.observe(late as f64 / 1000.0);
-            let probe = prober.probe(&check, &host, port).await;
+            // A probe that panics fails (and is rescheduled) rather than silently never
+            // running again.
+            let probe = std::panic::AssertUnwindSafe(prober.probe(&check, &host, port))
+                .catch_unwind()
+                .await
+                .unwrap_or_else(|_| Probe::Fail("the prober panicked; see the server log".into()));
             let kind = match check.kind {
                 CheckKind::Http => "http",
                 CheckKind::Tcp => "tcp",

@@ -121,7 +121,7 @@ fn out_of_range_values_say_what_was_expected() {
         (
             base(r#","check":{"type":"tcp","tls":true}"#),
             "check.tls",
-            "HTTP checks only",
+            "HTTP and gRPC checks only",
         ),
         (
             base(r#","check":{"type":"http","target":"ftp://10.0.0.1/ready"}"#),

@@ -1,6 +1,7 @@
 //! One probe of one check: an HTTP(S) request, a TCP connect, or a `grpc.health.v1` call.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -20,14 +21,32 @@ use rustls::{DigitallySignedStruct, SignatureScheme};
 /// longer one is left unread and its connection closed.
 const MAX_DRAINED_BODY: usize = 64 * 1024;
 
+/// gRPC channels kept for reuse; past this many, the least recently used is dropped.
+const MAX_GRPC_CHANNELS: usize = 4096;
+
 type HttpClient = Client<HttpsConnector<HttpConnector>, Empty<Bytes>>;
 
-/// The HTTP clients of one node's checks (connections are pooled per target).
+/// A gRPC target: `host:port`, TLS, skip verification.
+type GrpcKey = (String, bool, bool);
+
+/// gRPC channels kept for reuse.
+#[derive(Default)]
+struct GrpcChannels {
+    /// Channels by target, with when each was last used (a use count).
+    by_target: HashMap<GrpcKey, (tonic::transport::Channel, u64)>,
+    uses: u64,
+}
+
+/// The clients of one node's checks: HTTP connections are pooled per target, gRPC channels
+/// kept per target.
 pub(super) struct Prober {
     /// Verifies certificates against the system's roots.
     verified: HttpClient,
     /// Accepts any certificate (`tlsSkipVerify`).
     unverified: HttpClient,
+    /// TLS for gRPC: verifying, and not.
+    grpc_tls: [rustls::ClientConfig; 2],
+    grpc: Mutex<GrpcChannels>,
     user_agent: http::HeaderValue,
 }
 
@@ -66,23 +85,23 @@ impl Prober {
             provider.signature_verification_algorithms,
         ));
         let client = |tls: rustls::ClientConfig| {
-            let mut http = HttpConnector::new();
-            http.enforce_http(false);
-            http.set_nodelay(true);
             let connector = hyper_rustls::HttpsConnectorBuilder::new()
                 .with_tls_config(tls)
                 .https_or_http()
                 .enable_http1()
-                .wrap_connector(http);
+                .wrap_connector(tcp());
             Client::builder(TokioExecutor::new()).build(connector)
         };
         let user_agent = format!(
             "muster-check/{} (node {node_id})",
             env!("CARGO_PKG_VERSION")
         );
+        let (verified, unverified) = (config(None)?, config(Some(anything))?);
         Ok(Prober {
-            verified: client(config(None)?),
-            unverified: client(config(Some(anything))?),
+            grpc_tls: [verified.clone(), unverified.clone()],
+            grpc: Mutex::default(),
+            verified: client(verified),
+            unverified: client(unverified),
             user_agent: http::HeaderValue::from_str(&user_agent)
                 .map_err(|e| format!("user agent {user_agent:?}: {e}"))?,
         })
@@ -119,7 +138,10 @@ impl Prober {
                     }
                 }
             }
-            CheckKind::Grpc => grpc(&check.target, &bracketed, port, timeout).await,
+            CheckKind::Grpc => match self.grpc_channel(&bracketed, port, check) {
+                Ok(channel) => grpc(channel, &check.target, &bracketed, port, timeout).await,
+                Err(why) => Probe::Fail(why),
+            },
             // Never followed by the checker: ttl checks are not probed.
             CheckKind::Ttl => Probe::Fail("ttl checks are not probed".into()),
         }
@@ -169,6 +191,62 @@ impl Prober {
             Err(e) => Probe::Fail(format!("request to {url} failed: {}", chain(&e))),
         }
     }
+}
+
+impl Prober {
+    /// The channel to a gRPC target, made (lazily connecting, reconnecting by itself) on first
+    /// use.
+    fn grpc_channel(
+        &self,
+        host: &str,
+        port: u16,
+        check: &Check,
+    ) -> Result<tonic::transport::Channel, String> {
+        let key = (format!("{host}:{port}"), check.tls, check.tls_skip_verify);
+        let mut guard = self.grpc.lock().unwrap_or_else(|p| p.into_inner());
+        let GrpcChannels {
+            by_target: channels,
+            uses,
+        } = &mut *guard;
+        *uses += 1;
+        if let Some((channel, used)) = channels.get_mut(&key) {
+            *used = *uses;
+            return Ok(channel.clone());
+        }
+        if channels.len() >= MAX_GRPC_CHANNELS
+            && let Some(oldest) = channels
+                .iter()
+                .min_by_key(|(_, (_, used))| *used)
+                .map(|(k, _)| k.clone())
+        {
+            channels.remove(&oldest);
+        }
+        let scheme = if check.tls { "https" } else { "http" };
+        let endpoint = tonic::transport::Endpoint::from_shared(format!("{scheme}://{}", key.0))
+            .map_err(|e| format!("bad gRPC address {}: {e}", key.0))?;
+        let channel = if check.tls {
+            let tls = self.grpc_tls[usize::from(check.tls_skip_verify)].clone();
+            // ALPN h2, as gRPC over TLS requires.
+            let connector = hyper_rustls::HttpsConnectorBuilder::new()
+                .with_tls_config(tls)
+                .https_only()
+                .enable_http2()
+                .wrap_connector(tcp());
+            endpoint.connect_with_connector_lazy(connector)
+        } else {
+            endpoint.connect_lazy()
+        };
+        channels.insert(key, (channel.clone(), *uses));
+        Ok(channel)
+    }
+}
+
+/// The TCP side of a connector: any scheme (TLS is layered on top), no Nagle.
+fn tcp() -> HttpConnector {
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    http
 }
 
 /// An error and its sources, `: `-separated (hyper's own message says little: "client error
@@ -224,28 +302,32 @@ impl ServerCertVerifier for AcceptAnyCertificate {
     }
 }
 
-/// A `grpc.health.v1.Health/Check` call for `service` (empty: the server as a whole) over a
-/// fresh plaintext HTTP/2 connection; only `SERVING` passes.
-async fn grpc(service: &str, host: &str, port: u16, timeout: Duration) -> Probe {
+/// A `grpc.health.v1.Health/Check` call for `service` (empty: the server as a whole) on
+/// `channel`; only `SERVING` passes.
+async fn grpc(
+    channel: tonic::transport::Channel,
+    service: &str,
+    host: &str,
+    port: u16,
+    timeout: Duration,
+) -> Probe {
     use tonic_health::pb::HealthCheckRequest;
     use tonic_health::pb::health_check_response::ServingStatus;
     use tonic_health::pb::health_client::HealthClient;
 
-    let endpoint = match tonic::transport::Endpoint::from_shared(format!("http://{host}:{port}")) {
-        Ok(e) => e.connect_timeout(timeout).timeout(timeout),
-        Err(e) => return Probe::Fail(format!("bad gRPC address: {e}")),
-    };
     let call = async {
-        let channel = endpoint
-            .connect()
-            .await
-            .map_err(|e| format!("connect to {host}:{port} failed: {e}"))?;
         let response = HealthClient::new(channel)
             .check(HealthCheckRequest {
                 service: service.to_string(),
             })
             .await
-            .map_err(|s| format!("gRPC health check failed: {:?}: {}", s.code(), s.message()))?;
+            .map_err(|s| match s.code() {
+                tonic::Code::Unavailable => format!(
+                    "gRPC call to {host}:{port} failed: {}",
+                    std::error::Error::source(&s).map_or_else(|| s.message().to_string(), chain)
+                ),
+                code => format!("gRPC health check failed: {code:?}: {}", s.message()),
+            })?;
         Ok::<_, String>(response.into_inner().status)
     };
     match tokio::time::timeout(timeout, call).await {

@@ -177,6 +177,37 @@ async fn readiness_follows_the_grpc_health_check() {
 }
 
 #[tokio::test]
+async fn grpc_checks_over_tls_reuse_their_channel_and_verify_unless_told_not_to() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = Muster::start_in(dir.path(), &[]);
+    let target = GrpcTarget::start_tls().await;
+    target.set("", true).await;
+    let check = |skip: bool| {
+        json!({"type": "grpc", "tls": true, "tlsSkipVerify": skip, "interval": "100ms",
+               "timeout": "100ms", "failuresBeforeUnhealthy": 1})
+    };
+    let (code, v) = m
+        .post("/v1/instances", checked("g1", target.port, check(true)))
+        .await;
+    assert_eq!(code, 201, "{v}");
+    assert_eq!(until(&m, "g1", "HEALTHY").await, "check passed");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        target.connections.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "every probe went over the one channel"
+    );
+    // Verified, the self-signed certificate fails.
+    let (code, _) = m
+        .post("/v1/instances", checked("g1", target.port, check(false)))
+        .await;
+    assert_eq!(code, 200);
+    let reason = until(&m, "g1", "UNHEALTHY").await;
+    assert!(reason.contains("certificate"), "{reason}");
+    m.stop();
+}
+
+#[tokio::test]
 async fn tcp_checks_and_a_hanging_target_delays_nobody() {
     let dir = tempfile::tempdir().unwrap();
     let m = Muster::start_in(dir.path(), &[]);

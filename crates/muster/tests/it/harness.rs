@@ -420,24 +420,9 @@ impl Target {
         Target::start(ready, hang, None).await
     }
 
-    /// An HTTPS target with a self-signed certificate for `localhost` (no CA trusts it).
+    /// An HTTPS target with a self-signed certificate (no CA trusts it).
     pub(crate) async fn https(ready: bool) -> Target {
-        let key = rcgen::KeyPair::generate().expect("key");
-        let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()])
-            .expect("params")
-            .self_signed(&key)
-            .expect("self-signed");
-        let key = tokio_rustls::rustls::pki_types::PrivateKeyDer::try_from(key.serialize_der())
-            .expect("key der");
-        let provider = std::sync::Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
-        let config = tokio_rustls::rustls::ServerConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .expect("versions")
-            .with_no_client_auth()
-            .with_single_cert(vec![cert.der().clone()], key)
-            .expect("server config");
-        let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
-        Target::start(ready, false, Some(acceptor)).await
+        Target::start(ready, false, Some(self_signed(Vec::new()))).await
     }
 
     async fn start(ready: bool, hang: bool, tls: Option<tokio_rustls::TlsAcceptor>) -> Target {
@@ -491,6 +476,70 @@ impl Target {
     }
 }
 
+/// A TLS acceptor with a fresh self-signed certificate for `localhost`, offering `alpn`.
+fn self_signed(alpn: Vec<Vec<u8>>) -> tokio_rustls::TlsAcceptor {
+    let key = rcgen::KeyPair::generate().expect("key");
+    let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()])
+        .expect("params")
+        .self_signed(&key)
+        .expect("self-signed");
+    let key =
+        tokio_rustls::rustls::pki_types::PrivateKeyDer::try_from(key.serialize_der()).expect("key");
+    let provider = std::sync::Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+    let mut config = tokio_rustls::rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_no_client_auth()
+        .with_single_cert(vec![cert.der().clone()], key)
+        .expect("server config");
+    config.alpn_protocols = alpn;
+    tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config))
+}
+
+/// A TLS connection tonic's server can serve (it needs [`Connected`]).
+///
+/// [`Connected`]: tonic::transport::server::Connected
+struct TlsConn(tokio_rustls::server::TlsStream<tokio::net::TcpStream>);
+
+impl tonic::transport::server::Connected for TlsConn {
+    type ConnectInfo = ();
+    fn connect_info(&self) {}
+}
+
+impl tokio::io::AsyncRead for TlsConn {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for TlsConn {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+}
+
 /// Reads one request head, records it, and answers 200 while `ready` (503 otherwise), or never
 /// when `hang`.
 async fn answer<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
@@ -532,26 +581,59 @@ impl Drop for Target {
 /// A gRPC server that speaks `grpc.health.v1`, with one named service whose status the test sets.
 pub(crate) struct GrpcTarget {
     pub(crate) port: u16,
+    /// TLS connections accepted (TLS targets only).
+    pub(crate) connections: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     reporter: tonic_health::server::HealthReporter,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl GrpcTarget {
     pub(crate) async fn start() -> GrpcTarget {
+        GrpcTarget::serve(false).await
+    }
+
+    /// Over TLS, with a self-signed certificate.
+    pub(crate) async fn start_tls() -> GrpcTarget {
+        GrpcTarget::serve(true).await
+    }
+
+    async fn serve(tls: bool) -> GrpcTarget {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
         let port = listener.local_addr().expect("addr").port();
         let (reporter, service) = tonic_health::server::health_reporter();
-        let incoming = tonic::transport::server::TcpIncoming::from(listener);
-        let task = tokio::spawn(async move {
-            let _ = tonic::transport::Server::builder()
-                .add_service(service)
-                .serve_with_incoming(incoming)
-                .await;
-        });
+        let server = tonic::transport::Server::builder().add_service(service);
+        let connections = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = connections.clone();
+        let task = if tls {
+            let acceptor = self_signed(vec![b"h2".to_vec()]);
+            let (tx, mut rx) = tokio::sync::mpsc::channel::<std::io::Result<TlsConn>>(16);
+            let accept = tokio::spawn(async move {
+                while let Ok((sock, _)) = listener.accept().await {
+                    let (acceptor, tx, counted) = (acceptor.clone(), tx.clone(), counted.clone());
+                    tokio::spawn(async move {
+                        if let Ok(conn) = acceptor.accept(sock).await {
+                            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                            let _ = tx.send(Ok(TlsConn(conn))).await;
+                        }
+                    });
+                }
+            });
+            let incoming = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx));
+            tokio::spawn(async move {
+                let _ = server.serve_with_incoming(incoming).await;
+                accept.abort();
+            })
+        } else {
+            let incoming = tonic::transport::server::TcpIncoming::from(listener);
+            tokio::spawn(async move {
+                let _ = server.serve_with_incoming(incoming).await;
+            })
+        };
         GrpcTarget {
             port,
+            connections,
             reporter,
             task,
         }

@@ -436,15 +436,18 @@ impl Registry {
             let mut next = Instance::clone(existing);
             next.spec = spec.clone();
             if !next.live {
-                // Back after its liveness check failed: a fresh start, not straight into rotation.
+                // Back after its liveness check failed: a fresh start, not straight into
+                // rotation (and a drain stays a drain).
                 next.live = true;
                 next.ready = false;
-                transition(
-                    &mut next,
-                    Status::Starting,
-                    "re-registered after a failed liveness check; waiting for readiness".into(),
-                    at,
-                );
+                if next.status != Status::Draining {
+                    transition(
+                        &mut next,
+                        Status::Starting,
+                        "re-registered after a failed liveness check; waiting for readiness".into(),
+                        at,
+                    );
+                }
             }
             if want_healthy && !next.ready {
                 next.ready = true;
@@ -637,7 +640,9 @@ impl Registry {
         events: &mut Vec<Event>,
     ) -> Result<Applied, ApplyError> {
         let existing = self.existing(id)?;
-        if existing.live == live {
+        // A verdict that was on its way while the instance re-registered without a liveness
+        // check is stale: nothing would ever say it is alive again.
+        if existing.live == live || existing.spec.liveness_check.is_none() {
             return Ok(Applied::Updated {
                 instance: existing.clone(),
             });

@@ -45,10 +45,6 @@ use probe::Prober;
 /// Probes in flight at once.
 const MAX_IN_FLIGHT: usize = 256;
 
-/// Longest wait before an instance another member probes is looked at again (it may have
-/// become this node's).
-const RECHECK_OWNER_MS: u64 = 1_000;
-
 /// How often the loop asks who runs checks.
 const RING_REFRESH_MS: u64 = 100;
 
@@ -92,24 +88,31 @@ struct Entry {
     host: String,
     port: u16,
     tracker: Tracker,
-    /// Monotonic ms when the next probe is due (its key in the due queue).
+    /// Monotonic ms when the next probe is due (its key in the due queue while owned and no
+    /// probe runs).
     due: u64,
-    /// Whether this node probed it last time it was due.
+    /// Whether this node probes it (its instance is this node's on the ring).
     owned: bool,
+    /// A probe of it is running (its result will reschedule it, if still owned).
+    in_flight: bool,
+    /// Wall-clock ms until which the registry says it is held out for flapping (readiness),
+    /// whoever held it: a member taking it over holds it to the end.
+    held_until_wall: Option<u64>,
 }
 
 #[derive(Default)]
 struct State {
     entries: HashMap<Key, Entry>,
-    /// `(due, key)` of every entry whose probe is not running (a running one is absent).
+    /// `(due, key)` of every owned entry whose probe is not running.
     queue: BTreeSet<(u64, Key)>,
     /// Entries with `owned` set.
     owned: usize,
+    /// Who probes what; `None`: this node probes nothing now.
+    ring: Option<Ring>,
 }
 
 /// Which member probes which instance.
 struct Ring {
-    members: Arc<Vec<u64>>,
     continuum: Continuum,
 }
 
@@ -127,7 +130,6 @@ impl Ring {
             .collect();
         Ring {
             continuum: Continuum::new(&buckets),
-            members,
         }
     }
 
@@ -184,12 +186,12 @@ impl Checker {
         u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
-    /// Number of instances this node probes.
+    /// Number of checks (readiness and liveness) this node probes.
     pub fn len(&self) -> usize {
         self.lock().owned
     }
 
-    /// Whether this node probes no instance.
+    /// Whether this node probes no check.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -200,7 +202,7 @@ impl Checker {
         self.lock()
             .entries
             .values()
-            .filter(|e| e.tracker.held_until().is_some_and(|t| t > now))
+            .filter(|e| e.owned && e.tracker.held_until().is_some_and(|t| t > now))
             .count()
     }
 
@@ -224,7 +226,11 @@ impl Checker {
     pub fn restored(&self, registry: &Registry) {
         let now = self.now();
         let mut state = self.lock();
-        *state = State::default();
+        let ring = state.ring.take();
+        *state = State {
+            ring,
+            ..State::default()
+        };
         for inst in registry.instances() {
             self.follow(&mut state, inst, now);
         }
@@ -244,6 +250,10 @@ impl Checker {
             forget_one(state, &key);
             return;
         };
+        // Held out for flapping by whoever probed it: the hold runs to its end here too.
+        let held_until_wall =
+            (role == Role::Readiness && inst.status_reason == FLAPPING && !inst.ready)
+                .then(|| inst.status_changed_at + self.flap.cooldown_ms);
         if let Some(e) = state.entries.get_mut(&key)
             && e.check == check
             && e.host == inst.spec.host
@@ -251,34 +261,84 @@ impl Checker {
         {
             // Same check: readiness (liveness) may have changed without this tracker.
             e.tracker.sync(role.state(inst));
+            e.held_until_wall = held_until_wall;
             return;
         }
         forget_one(state, &key);
-        // Held out for flapping by whoever probed it before: the hold runs to its end here too.
-        let hold_left = (role == Role::Readiness && inst.status_reason == FLAPPING && !inst.ready)
-            .then(|| (inst.status_changed_at + self.flap.cooldown_ms).saturating_sub(wall_ms()))
-            .filter(|left| *left > 0);
-        let entry = Entry {
+        let mut entry = Entry {
             generation: self.generations.fetch_add(1, Ordering::Relaxed),
             check,
             host: inst.spec.host.clone(),
             port: inst.spec.port,
-            tracker: hold_left.map_or_else(
-                || Tracker::new(role.state(inst)),
-                |left| Tracker::held(now + left),
-            ),
+            tracker: Tracker::new(role.state(inst)),
             due: now,
             owned: false,
+            in_flight: false,
+            held_until_wall,
         };
-        state.queue.insert((now, key.clone()));
+        let mine = state
+            .ring
+            .as_ref()
+            .is_some_and(|r| r.owner(&key.0) == Some(self.node_id));
+        if mine {
+            self.take(&mut entry, now);
+            state.owned += 1;
+            state.queue.insert((now, key.clone()));
+        }
         state.entries.insert(key, entry);
+    }
+
+    /// This node starts probing `e` (new to it, or taken over from another member): counts
+    /// start afresh, a flapping hold runs to its end.
+    fn take(&self, e: &mut Entry, now: u64) {
+        e.owned = true;
+        e.due = now;
+        let left = e
+            .held_until_wall
+            .map_or(0, |until| until.saturating_sub(wall_ms()));
+        if left > 0 {
+            e.tracker = Tracker::held(now + left);
+        } else {
+            e.tracker.restart();
+        }
+    }
+
+    /// The ring changed: each entry is taken, kept or let go; only owned ones are queued.
+    fn reassign(&self, state: &mut State, ring: Option<Ring>, now: u64) {
+        state.ring = ring;
+        let State {
+            entries,
+            queue,
+            owned,
+            ring,
+        } = state;
+        for (key, e) in entries.iter_mut() {
+            let mine = ring
+                .as_ref()
+                .is_some_and(|r| r.owner(&key.0) == Some(self.node_id));
+            match (mine, e.owned) {
+                (true, false) => {
+                    self.take(e, now);
+                    *owned += 1;
+                    if !e.in_flight {
+                        queue.insert((now, key.clone()));
+                    }
+                }
+                (false, true) => {
+                    e.owned = false;
+                    *owned -= 1;
+                    queue.remove(&(e.due, key.clone()));
+                }
+                _ => {}
+            }
+        }
     }
 
     /// Probes this node's share of the checks, until `shutdown` turns true.
     pub async fn run(self: Arc<Self>, raft: Arc<RaftNode>, mut shutdown: watch::Receiver<bool>) {
         let permits = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
         let (tx, mut results) = mpsc::unbounded_channel::<Outcome>();
-        let mut ring: Option<Ring> = None;
+        let mut members: Option<Arc<Vec<u64>>> = None;
         let mut ring_at = None::<u64>;
         loop {
             if *shutdown.borrow() {
@@ -288,13 +348,16 @@ impl Checker {
             let mut next_due = now + 1_000;
             if ring_at.is_none_or(|at| now.saturating_sub(at) >= RING_REFRESH_MS) {
                 ring_at = Some(now);
-                let members = raft.checkers();
-                if members.as_deref() != ring.as_ref().map(|r| r.members.as_ref()) {
-                    tracing::info!(members = ?members.as_deref(), "members running checks");
-                    ring = members.map(Ring::new);
+                let current = raft.checkers();
+                if current != members {
+                    tracing::info!(members = ?current.as_deref(), "members running checks");
+                    members = current;
+                    let ring = members.clone().map(Ring::new);
+                    let mut state = self.lock();
+                    self.reassign(&mut state, ring, now);
                 }
             }
-            if let Some(ring) = &ring {
+            {
                 let mut state = self.lock();
                 while let Some((due, key)) = state.queue.first().cloned() {
                     if due > now {
@@ -302,29 +365,10 @@ impl Checker {
                         break;
                     }
                     state.queue.pop_first();
-                    let mine = ring.owner(&key.0) == Some(self.node_id);
-                    let State {
-                        entries,
-                        queue,
-                        owned,
-                    } = &mut *state;
-                    let Some(e) = entries.get_mut(&key) else {
+                    let Some(e) = state.entries.get_mut(&key) else {
                         continue;
                     };
-                    if mine != e.owned {
-                        e.owned = mine;
-                        if mine {
-                            *owned += 1;
-                            e.tracker.restart();
-                        } else {
-                            *owned -= 1;
-                        }
-                    }
-                    if !mine {
-                        e.due = now + e.check.interval.min(RECHECK_OWNER_MS);
-                        queue.insert((e.due, key));
-                        continue;
-                    }
+                    e.in_flight = true;
                     let job = (e.check.clone(), e.host.clone(), e.port, e.due, e.generation);
                     self.spawn_probe(key, job, &tx, &permits);
                 }
@@ -419,11 +463,15 @@ impl Checker {
             if e.generation != generation {
                 return; // the entry was replaced while this probe ran
             }
+            e.in_flight = false;
             e.due = done + e.check.interval;
             let flap = match key.1 {
                 Role::Readiness => self.flap,
                 Role::Liveness => FlapPolicy::NEVER,
             };
+            if !e.owned {
+                return; // another member probes it now
+            }
             let verdict = e.tracker.observe(&probe, done, &e.check, &flap);
             let due = e.due;
             state.queue.insert((due, key.clone()));
@@ -535,6 +583,78 @@ mod tests {
                 "{k} moved between old members"
             );
         }
+    }
+
+    #[tokio::test]
+    async fn a_flapping_hold_survives_a_move_and_only_owned_checks_are_queued() {
+        use muster_core::{Limits, RegisterRequest};
+        let spec = RegisterRequest {
+            service: Some("s".into()),
+            instance_id: Some("x".into()),
+            host: Some("127.0.0.1".into()),
+            port: Some(9.into()),
+            health_endpoint: Some("/ready".into()),
+            ..Default::default()
+        }
+        .validate()
+        .expect("valid")
+        .0;
+        let mut registry = Registry::new();
+        let mut events = Vec::new();
+        let commands = [
+            Command::Register {
+                spec: Box::new(spec),
+                want_healthy: false,
+                limits: Limits::default(),
+                revive: false,
+                at: wall_ms(),
+            },
+            // Another member held it out for flapping just now.
+            Command::SetReadiness {
+                instance_id: "x".into(),
+                ready: false,
+                reason: FLAPPING.into(),
+                at: wall_ms(),
+            },
+        ];
+        for (i, cmd) in commands.iter().enumerate() {
+            let _ = registry
+                .apply(i as u64 + 1, cmd, &mut events)
+                .expect("applied");
+        }
+        let checker = Checker::new(1, FlapPolicy::default(), Arc::new(Metrics::new())).unwrap();
+        checker.restored(&registry);
+        {
+            let state = checker.lock();
+            assert_eq!(
+                (state.owned, state.queue.len()),
+                (0, 0),
+                "no ring: nothing queued"
+            );
+        }
+        assert_eq!(checker.flapping(), 0);
+        // This node gets it.
+        let mut state = checker.lock();
+        checker.reassign(
+            &mut state,
+            Some(Ring::new(Arc::new(vec![1]))),
+            checker.now(),
+        );
+        assert_eq!((state.owned, state.queue.len()), (1, 1));
+        drop(state);
+        assert_eq!(
+            checker.flapping(),
+            1,
+            "held to the end of the cool-down here too"
+        );
+        // And loses it again.
+        let mut state = checker.lock();
+        checker.reassign(
+            &mut state,
+            Some(Ring::new(Arc::new(vec![2]))),
+            checker.now(),
+        );
+        assert_eq!((state.owned, state.queue.len()), (0, 0));
     }
 
     #[test]

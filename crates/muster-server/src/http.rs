@@ -344,15 +344,22 @@ pub(super) async fn renew_local(
                     .filter(|i| !i.live)
                     .map(|i| i.status_reason.clone())
             });
-            let message = match dead {
-                Some(why) => format!("{id:?} is being expired ({why}); register it again"),
-                None => format!("the lease of {id:?} has expired; register it again"),
-            };
-            return Err(ApiError::new(
-                StatusCode::NOT_FOUND,
-                "unknown_instance",
-                message,
-            ));
+            // A dead instance is not told to register again: a process whose heartbeat still
+            // runs while the rest of it is stuck would only come back, dead, in a loop.
+            return Err(match dead {
+                Some(why) => ApiError::new(
+                    StatusCode::GONE,
+                    "liveness_failed",
+                    format!(
+                        "{id:?} failed its liveness check ({why}) and is being expired; a restarted process registers anew"
+                    ),
+                ),
+                None => ApiError::new(
+                    StatusCode::NOT_FOUND,
+                    "unknown_instance",
+                    format!("the lease of {id:?} has expired; register it again"),
+                ),
+            });
         }
         Err(_) => return Err(ApiError::unknown_instance(id)),
     };

@@ -162,16 +162,20 @@ impl Leases {
                     earliest = earliest.min(now.saturating_add(ev.instance.spec.lease_ttl));
                 }
                 table.reconcile(id, current(id), false, now);
-                if let Some(inst) = registry.get(id)
-                    && table.set_live(id, inst.live, now)
-                {
-                    earliest = now; // its liveness check failed: expire it (or hold it) now
-                }
             }
             for inst in registered {
                 let id = inst.spec.instance_id.as_str();
                 table.reconcile(id, current(id), true, now);
                 earliest = earliest.min(now.saturating_add(inst.spec.lease_ttl));
+            }
+            // Liveness last: a registration earlier in the batch restarts the lease, and must
+            // not undo a failed liveness check applied after it.
+            for id in events.iter().map(|e| e.instance.spec.instance_id.as_str()) {
+                if let Some(inst) = registry.get(id)
+                    && table.set_live(id, inst.live, now)
+                {
+                    earliest = now; // its liveness check failed: expire it (or hold it) now
+                }
             }
         }
         self.nudge(earliest);
@@ -486,5 +490,59 @@ mod tests {
         // Losing the lead forgets the episode.
         leases.stand_down();
         assert!(leases.protection().since.is_none());
+    }
+
+    #[test]
+    fn a_registration_earlier_in_the_batch_does_not_undo_a_failed_liveness_check() {
+        use muster_core::{Applied, Command, Limits, RegisterRequest};
+        let spec = RegisterRequest {
+            service: Some("s".into()),
+            instance_id: Some("x".into()),
+            host: Some("10.0.0.1".into()),
+            port: Some(80.into()),
+            liveness_check: Some(muster_core::CheckRequest {
+                kind: Some("tcp".into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+        .validate()
+        .expect("valid")
+        .0;
+        let register = Command::Register {
+            spec: Box::new(spec),
+            want_healthy: true,
+            limits: Limits::default(),
+            revive: false,
+            at: 1,
+        };
+        let dead = Command::SetLiveness {
+            instance_id: "x".into(),
+            live: false,
+            reason: "liveness check failed: HTTP 500".into(),
+            at: 2,
+        };
+        let leases = Leases::new(ProtectionConfig::default(), Duration::from_secs(300));
+        let mut registry = Registry::new();
+        let mut events = Vec::new();
+        let _ = registry.apply(1, &register, &mut events).expect("applied");
+        leases.applied(&registry, &events, &[]);
+        // One batch: a re-registration, then the failed check.
+        let mut events = Vec::new();
+        let mut registered = Vec::new();
+        for (index, cmd) in [(2, &register), (3, &dead)] {
+            if let Ok(Applied::Registered { instance, .. }) =
+                registry.apply(index, cmd, &mut events).expect("applied")
+            {
+                registered.push(instance);
+            }
+        }
+        assert_eq!(registered.len(), 1);
+        leases.applied(&registry, &events, &registered);
+        assert_eq!(
+            leases.renew("x", 1),
+            Err(RenewError::Lapsed),
+            "a dead instance is never renewed"
+        );
     }
 }

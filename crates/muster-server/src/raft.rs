@@ -245,6 +245,14 @@ pub struct Member {
     pub voter: bool,
 }
 
+/// A follower's confirmation round.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct ConfirmRequest {
+    /// The follower's node id.
+    #[serde(default)]
+    pub from: u64,
+}
+
 /// A leader's answer to a follower's confirmation round.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct Confirmation {
@@ -271,6 +279,9 @@ pub struct RaftNode {
     /// The members that run active checks, as the leader last said in a confirmation round
     /// (followers only; see [`RaftNode::checkers`]).
     checkers: arc_swap::ArcSwap<Vec<u64>>,
+    /// On the leader: when each follower last completed a confirmation round (so it can reach
+    /// the leader, not only hear from it).
+    confirmed_by: std::sync::Mutex<std::collections::HashMap<u64, tokio::time::Instant>>,
     epoch: tokio::time::Instant,
     /// Client for forwarding to the leader.
     http: reqwest::Client,
@@ -381,6 +392,7 @@ impl RaftNode {
             refresher,
             last_contact: AtomicU64::new(u64::MAX),
             checkers: arc_swap::ArcSwap::from_pointee(Vec::new()),
+            confirmed_by: std::sync::Mutex::default(),
             epoch: tokio::time::Instant::now(),
             http,
             write_timeout: settings.write_timeout,
@@ -648,12 +660,14 @@ impl RaftNode {
                 .leader_addr
                 .clone()
                 .ok_or(ProposeError::NoLeader)?;
+            // The leader may take MEMBER_TIMEOUT to catch a learner up, then as long again
+            // waiting out a change in progress.
             return self
                 .forward_within(
                     &leader,
                     "members",
                     &change,
-                    MEMBER_TIMEOUT + Duration::from_secs(5),
+                    MEMBER_TIMEOUT * 2 + Duration::from_secs(5),
                 )
                 .await;
         }
@@ -906,7 +920,12 @@ impl RaftNode {
                 && status.leader_id != Some(self.node_id)
             {
                 let confirmed = self
-                    .forward_within::<_, Confirmation>(&leader, "confirm", &(), self.stale_after)
+                    .forward_within::<_, Confirmation>(
+                        &leader,
+                        "confirm",
+                        &ConfirmRequest { from: self.node_id },
+                        self.stale_after,
+                    )
                     .await;
                 if let Ok(c) = confirmed {
                     self.checkers.store(Arc::new(c.checkers));
@@ -923,8 +942,12 @@ impl RaftNode {
 
     /// The receiving end of a follower's confirmation round: a read index, and the members
     /// that run checks.
-    pub async fn confirm_here(&self) -> Result<Confirmation, ProposeError> {
+    pub async fn confirm_here(&self, from: u64) -> Result<Confirmation, ProposeError> {
         let index = self.read_index_here().await?;
+        self.confirmed_by
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(from, tokio::time::Instant::now());
         Ok(Confirmation {
             index,
             checkers: self.checkers().map_or_else(Vec::new, |c| c.to_vec()),
@@ -934,20 +957,29 @@ impl RaftNode {
     /// The members that run active checks (sorted), or `None` when this node should not run
     /// any now.
     ///
-    /// The leader decides: the voters that acknowledged it within twice the staleness bound
-    /// (`3 × election_timeout_max`), itself included. A follower takes the leader's word from
+    /// The leader decides: the voters that acknowledged its replication and completed a
+    /// confirmation round with it (so they can reach it, and record what they find) within
+    /// twice the staleness bound (`3 × election_timeout_max`), itself included. A follower takes the leader's word from
     /// its last confirmation round, and runs none while it has no confirmed leader (what it
     /// found could not be written anyway). A learner runs none.
     pub fn checkers(&self) -> Option<Arc<Vec<u64>>> {
         let metrics = self.raft.metrics();
         let m = metrics.borrow_watched();
         if m.state == ServerState::Leader {
+            let recent = self.stale_after * 2;
+            let confirmed = self
+                .confirmed_by
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone();
             let live = |id: &u64| {
                 *id == self.node_id
-                    || m.heartbeat
+                    || (m
+                        .heartbeat
                         .as_ref()
                         .and_then(|h| h.get(id).cloned().flatten())
-                        .is_some_and(|at| at.elapsed() < self.stale_after * 2)
+                        .is_some_and(|at| at.elapsed() < recent)
+                        && confirmed.get(id).is_some_and(|at| at.elapsed() < recent))
             };
             let mut ids: Vec<u64> = m.membership_config.voter_ids().filter(live).collect();
             ids.sort_unstable();

@@ -13,6 +13,10 @@ fn spec(service: &str, id: &str, check: bool) -> Box<InstanceSpec> {
     };
     if check {
         req.health_endpoint = Some("/ready".into());
+        req.liveness_check = Some(crate::CheckRequest {
+            kind: Some("tcp".into()),
+            ..Default::default()
+        });
     }
     Box::new(req.validate().expect("valid").0)
 }
@@ -605,6 +609,16 @@ fn a_failed_liveness_check_takes_an_instance_out_until_it_passes_again() {
     let inst = h.reg.get("i1").unwrap();
     assert_eq!((inst.status, inst.live), (Status::Healthy, true));
     assert_eq!(inst.status_reason, "liveness check passed");
+}
+
+#[test]
+fn a_liveness_verdict_for_an_instance_without_a_liveness_check_is_ignored() {
+    let mut h = Harness::new();
+    h.apply(register("inv", "i1", true)).unwrap();
+    h.apply(liveness("i1", false, "liveness check failed: stale"))
+        .unwrap();
+    assert!(h.events.is_empty());
+    assert!(h.reg.get("i1").unwrap().live);
 }
 
 #[test]

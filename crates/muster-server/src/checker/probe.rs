@@ -26,8 +26,15 @@ const MAX_GRPC_CHANNELS: usize = 4096;
 
 type HttpClient = Client<HttpsConnector<HttpConnector>, Empty<Bytes>>;
 
-/// A gRPC target: `host:port`, TLS, skip verification.
-type GrpcKey = (String, bool, bool);
+/// Idle HTTP connections are closed after this long (a target that went away, or whose
+/// instance moved to another member, holds no socket for long).
+const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// TCP and HTTP/2 keepalive: a peer that vanished without closing is noticed.
+const KEEPALIVE: Duration = Duration::from_secs(30);
+
+/// A gRPC target: `host:port`, TLS, skip verification, connect timeout in ms.
+type GrpcKey = (String, bool, bool, u64);
 
 /// gRPC channels kept for reuse.
 #[derive(Default)]
@@ -90,7 +97,11 @@ impl Prober {
                 .https_or_http()
                 .enable_http1()
                 .wrap_connector(tcp());
-            Client::builder(TokioExecutor::new()).build(connector)
+            Client::builder(TokioExecutor::new())
+                .pool_timer(hyper_util::rt::TokioTimer::new())
+                .pool_idle_timeout(IDLE_TIMEOUT)
+                .pool_max_idle_per_host(1)
+                .build(connector)
         };
         let user_agent = format!(
             "muster-check/{} (node {node_id})",
@@ -202,7 +213,12 @@ impl Prober {
         port: u16,
         check: &Check,
     ) -> Result<tonic::transport::Channel, String> {
-        let key = (format!("{host}:{port}"), check.tls, check.tls_skip_verify);
+        let key = (
+            format!("{host}:{port}"),
+            check.tls,
+            check.tls_skip_verify,
+            check.timeout,
+        );
         let mut guard = self.grpc.lock().unwrap_or_else(|p| p.into_inner());
         let GrpcChannels {
             by_target: channels,
@@ -223,7 +239,12 @@ impl Prober {
         }
         let scheme = if check.tls { "https" } else { "http" };
         let endpoint = tonic::transport::Endpoint::from_shared(format!("{scheme}://{}", key.0))
-            .map_err(|e| format!("bad gRPC address {}: {e}", key.0))?;
+            .and_then(|e| e.user_agent(self.user_agent.clone()))
+            .map_err(|e| format!("bad gRPC address {}: {e}", key.0))?
+            .connect_timeout(Duration::from_millis(check.timeout))
+            .tcp_keepalive(Some(KEEPALIVE))
+            .http2_keep_alive_interval(KEEPALIVE)
+            .keep_alive_timeout(Duration::from_secs(10));
         let channel = if check.tls {
             let tls = self.grpc_tls[usize::from(check.tls_skip_verify)].clone();
             // ALPN h2, as gRPC over TLS requires.
@@ -246,6 +267,7 @@ fn tcp() -> HttpConnector {
     let mut http = HttpConnector::new();
     http.enforce_http(false);
     http.set_nodelay(true);
+    http.set_keepalive(Some(KEEPALIVE));
     http
 }
 

@@ -100,8 +100,11 @@ async fn read_index(State(app): AppRef) -> Response {
     answer(app.raft.read_index_here().await)
 }
 
-async fn confirm(State(app): AppRef) -> Response {
-    answer(app.raft.confirm_here().await)
+async fn confirm(State(app): AppRef, b: Result<Bytes, BytesRejection>) -> Response {
+    match body::<crate::raft::ConfirmRequest>(b) {
+        Ok(req) => answer(app.raft.confirm_here(req.from).await),
+        Err(e) => e.into_response(),
+    }
 }
 
 async fn members(

@@ -1,0 +1,663 @@
+//! Selection: a [`View`] of one service, built once per change, picks an endpoint per call
+//! without allocating or waiting.
+//!
+//! Building a view filters the instances (HEALTHY, weight above 0, deployment group visible to
+//! this caller), sorts them into locality tiers (same zone → same region → anywhere, the last
+//! only if crossing regions is allowed) and prepares each tier's picker tables. A pick walks
+//! the tiers and takes the first with an available endpoint (not ejected, breaker closed or
+//! letting a probe through); when too few endpoints of the view are available (the panic
+//! threshold) it ignores availability.
+
+use std::cell::Cell;
+use std::net::{Ipv6Addr, SocketAddr, SocketAddrV6};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use muster_core::{Instance, Status};
+use pingora_ketama::{Bucket, Continuum};
+use tokio::time::Instant;
+
+use crate::breaker::{Breaker, BreakerConfig, BreakerState};
+use crate::outlier::{Ejection, EjectionConfig};
+
+/// How a tier picks among its endpoints.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Policy {
+    /// Random, in proportion to weight.
+    #[default]
+    WeightedRandom,
+    /// Smooth weighted round robin (nginx's): in proportion to weight, interleaved.
+    RoundRobin,
+    /// Power of two choices by weight, the one with the lower peak-EWMA latency × (requests in
+    /// flight + 1) wins (Finagle's and Linkerd's balancer).
+    LeastRequest,
+    /// Ketama consistent hashing of the pick's key; without a key, weighted random. An
+    /// unavailable endpoint hands its keys to the next ones on the ring.
+    ConsistentHash,
+}
+
+/// Where the caller runs, and whether it may leave its region.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Locality {
+    /// The caller's zone ("" if unknown: no zone preference).
+    pub zone: String,
+    /// The caller's region ("" if unknown: no region preference).
+    pub region: String,
+    /// Whether endpoints in other regions may be used when none nearer is available.
+    pub cross_region: bool,
+}
+
+/// Everything a view is built with.
+#[derive(Clone, Debug)]
+pub struct ViewConfig {
+    /// The caller's locality.
+    pub locality: Locality,
+    /// Deployment groups this caller opts in to (e.g. `canary`); instances of other groups
+    /// are not seen. Instances without a group are seen by everyone.
+    pub groups: Vec<String>,
+    /// The picker.
+    pub policy: Policy,
+    /// Per-endpoint breakers.
+    pub breaker: BreakerConfig,
+    /// Outlier ejection, and the view's ejection share and panic threshold.
+    pub ejection: EjectionConfig,
+    /// Latency assumed for an endpoint not yet measured (peak-EWMA).
+    pub default_rtt: Duration,
+    /// Decay time of the latency average (peak-EWMA).
+    pub ewma_decay: Duration,
+}
+
+impl Default for ViewConfig {
+    fn default() -> Self {
+        ViewConfig {
+            locality: Locality::default(),
+            groups: Vec::new(),
+            policy: Policy::default(),
+            breaker: BreakerConfig::default(),
+            ejection: EjectionConfig::default(),
+            default_rtt: Duration::from_millis(30),
+            ewma_decay: Duration::from_secs(10),
+        }
+    }
+}
+
+/// An instance with its call statistics and health, shared by every view it is part of (so
+/// its breaker and load survive a view rebuilt on a change).
+#[derive(Clone, Debug)]
+pub struct Endpoint {
+    instance: Arc<Instance>,
+    state: Arc<EndpointState>,
+}
+
+#[derive(Debug)]
+struct EndpointState {
+    /// Fast path: false while the breaker is closed and the endpoint not ejected.
+    blocked: AtomicBool,
+    health: Mutex<Health>,
+    in_flight: AtomicU64,
+    /// Peak-EWMA latency in nanoseconds (published for picks; updated under `load`).
+    ewma_ns: AtomicU64,
+    load: Mutex<Option<(f64, Instant)>>,
+}
+
+#[derive(Debug, Default)]
+struct Health {
+    breaker: Breaker,
+    ejection: Ejection,
+}
+
+impl Endpoint {
+    /// A fresh endpoint for `instance` (no history).
+    pub fn new(instance: Arc<Instance>) -> Self {
+        Endpoint {
+            instance,
+            state: Arc::new(EndpointState {
+                blocked: AtomicBool::new(false),
+                health: Mutex::default(),
+                in_flight: AtomicU64::new(0),
+                ewma_ns: AtomicU64::new(0),
+                load: Mutex::new(None),
+            }),
+        }
+    }
+
+    /// The same endpoint (history kept) with a newer copy of its instance.
+    pub fn updated(&self, instance: Arc<Instance>) -> Self {
+        Endpoint {
+            instance,
+            state: self.state.clone(),
+        }
+    }
+
+    /// The instance.
+    pub fn instance(&self) -> &Arc<Instance> {
+        &self.instance
+    }
+
+    /// Calls in flight.
+    pub fn in_flight(&self) -> u64 {
+        self.state.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// The breaker's state.
+    pub fn breaker_state(&self) -> BreakerState {
+        self.health().breaker.state()
+    }
+
+    /// Whether it is ejected now.
+    pub fn is_ejected(&self, now: Instant) -> bool {
+        self.health().ejection.is_ejected(now)
+    }
+
+    fn health(&self) -> MutexGuard<'_, Health> {
+        self.state.health.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn cost(&self, default_rtt_ns: u64) -> u64 {
+        let ewma = match self.state.ewma_ns.load(Ordering::Relaxed) {
+            0 => default_rtt_ns,
+            n => n,
+        };
+        ewma.saturating_mul(self.in_flight() + 1)
+    }
+
+    /// Whether a call may go to it now; takes a half-open probe slot if that is what lets it.
+    fn try_acquire(&self, now: Instant, config: &ViewConfig) -> Acquired {
+        if !self.state.blocked.load(Ordering::Acquire) {
+            return Acquired::Yes;
+        }
+        let mut h = self.health();
+        if h.ejection.is_ejected(now) {
+            return Acquired::No;
+        }
+        let (ok, changed) = h.breaker.try_acquire(now, &config.breaker);
+        if h.breaker.state() == BreakerState::Closed {
+            // The ejection is over and the breaker closed: back on the fast path.
+            self.state.blocked.store(false, Ordering::Release);
+            return Acquired::Unblocked;
+        }
+        let _ = changed; // to half-open: reported when the probe's outcome is
+        if ok { Acquired::Yes } else { Acquired::No }
+    }
+}
+
+enum Acquired {
+    Yes,
+    No,
+    /// Yes, and it is no longer blocked.
+    Unblocked,
+}
+
+/// One tier's endpoints and picker tables.
+struct Tier {
+    endpoints: Vec<Endpoint>,
+    /// Running sum of weights (weighted random, P2C draws).
+    cumulative: Vec<u64>,
+    /// Smooth weighted round robin schedule (indices), and where it is.
+    schedule: Vec<u32>,
+    cursor: AtomicUsize,
+    /// Consistent hashing: the ring (each address carries its endpoint's index in
+    /// `flowinfo`, which ketama does not hash).
+    ring: Option<Continuum>,
+}
+
+/// Longest round-robin schedule; beyond, weights are scaled down to fit.
+const MAX_SCHEDULE: u64 = 65_536;
+
+impl Tier {
+    fn new(endpoints: Vec<Endpoint>, policy: Policy) -> Tier {
+        let mut sum = 0u64;
+        let cumulative = endpoints
+            .iter()
+            .map(|e| {
+                sum += u64::from(e.instance.spec.weight);
+                sum
+            })
+            .collect();
+        let weights: Vec<u64> = endpoints
+            .iter()
+            .map(|e| u64::from(e.instance.spec.weight))
+            .collect();
+        let schedule = if policy == Policy::RoundRobin {
+            smooth_schedule(&weights)
+        } else {
+            Vec::new()
+        };
+        let ring = (policy == Policy::ConsistentHash).then(|| ketama(&endpoints));
+        Tier {
+            endpoints,
+            cumulative,
+            schedule,
+            cursor: AtomicUsize::new(0),
+            ring,
+        }
+    }
+
+    fn total(&self) -> u64 {
+        self.cumulative.last().copied().unwrap_or(0)
+    }
+
+    /// The endpoint a uniform `r` falls on, by weight.
+    fn by_weight(&self, r: u64) -> usize {
+        let r = r % self.total().max(1);
+        self.cumulative.partition_point(|c| *c <= r)
+    }
+}
+
+/// The nginx smooth weighted round robin sequence over `weights` (reduced by their gcd and
+/// scaled to at most [`MAX_SCHEDULE`] entries), as indices.
+fn smooth_schedule(weights: &[u64]) -> Vec<u32> {
+    let g = weights.iter().copied().fold(0, gcd).max(1);
+    let mut w: Vec<u64> = weights.iter().map(|w| w / g).collect();
+    let total: u64 = w.iter().sum();
+    if total > MAX_SCHEDULE {
+        for x in &mut w {
+            *x = ((*x as f64 * MAX_SCHEDULE as f64 / total as f64).round() as u64).max(1);
+        }
+    }
+    let total: u64 = w.iter().sum();
+    let mut current = vec![0i64; w.len()];
+    let mut out = Vec::with_capacity(total as usize);
+    for _ in 0..total {
+        let mut best = 0;
+        for (i, x) in w.iter().enumerate() {
+            current[i] += *x as i64;
+            if current[i] > current[best] {
+                best = i;
+            }
+        }
+        current[best] -= total as i64;
+        out.push(best as u32);
+    }
+    out
+}
+
+fn gcd(a: u64, b: u64) -> u64 {
+    if b == 0 { a } else { gcd(b, a % b) }
+}
+
+/// A ketama ring over `endpoints`: each is placed by a hash of its instance id (so the same
+/// instance keeps its place across views), with 1–8 times the points by weight relative to the
+/// lightest. The address's `flowinfo` (not hashed) holds the endpoint's index.
+fn ketama(endpoints: &[Endpoint]) -> Continuum {
+    let lightest = endpoints
+        .iter()
+        .map(|e| e.instance.spec.weight)
+        .filter(|w| *w > 0)
+        .min()
+        .unwrap_or(1);
+    let buckets: Vec<Bucket> = endpoints
+        .iter()
+        .enumerate()
+        .map(|(i, e)| {
+            let ip = Ipv6Addr::from(id_hash(&e.instance.spec.instance_id));
+            let addr = SocketAddr::V6(SocketAddrV6::new(ip, 0, i as u32, 0));
+            let weight = (e.instance.spec.weight / lightest).clamp(1, 8);
+            Bucket::new(addr, weight)
+        })
+        .collect();
+    Continuum::new(&buckets)
+}
+
+fn ring_index(addr: &SocketAddr) -> Option<usize> {
+    match addr {
+        SocketAddr::V6(a) => Some(a.flowinfo() as usize),
+        SocketAddr::V4(_) => None,
+    }
+}
+
+thread_local! {
+    /// wyrand state, per thread.
+    static RANDOM: Cell<u64> = Cell::new(rand::random::<u64>() | 1);
+}
+
+/// A fast random number for picking (wyrand; not for anything secret).
+fn fast_random() -> u64 {
+    RANDOM.with(|s| {
+        let x = s.get().wrapping_add(0xa076_1d64_78bd_642f);
+        s.set(x);
+        let t = u128::from(x) * u128::from(x ^ 0xe703_7ed1_a0b4_28db);
+        ((t >> 64) ^ t) as u64
+    })
+}
+
+/// The time of one pick: read once, and only if something needs it.
+struct Now(Cell<Option<Instant>>);
+
+impl Now {
+    fn get(&self) -> Instant {
+        match self.0.get() {
+            Some(t) => t,
+            None => {
+                let t = Instant::now();
+                self.0.set(Some(t));
+                t
+            }
+        }
+    }
+}
+
+/// 128 bits of FNV-1a over `id`: where an instance sits on a ketama ring.
+fn id_hash(id: &str) -> u128 {
+    let mut h: u128 = 0x6c62272e07bb014262b821756295c58d;
+    for b in id.bytes() {
+        h ^= u128::from(b);
+        h = h.wrapping_mul(0x0000000001000000000000000000013B);
+    }
+    h
+}
+
+/// A service's endpoints as one caller sees them, ready to pick from.
+pub struct View {
+    tiers: Vec<Tier>,
+    len: usize,
+    /// Endpoints currently blocked (breaker not closed, or ejected), as far as this view saw.
+    blocked: AtomicUsize,
+    config: Arc<ViewConfig>,
+}
+
+/// A picked endpoint. Report the call's outcome with [`Pick::report`]; dropping it without a
+/// report counts the call as cancelled (only the in-flight count changes).
+#[derive(Debug)]
+pub struct Pick<'a> {
+    view: &'a View,
+    endpoint: &'a Endpoint,
+    /// When it was picked (least-request only: its latency feeds the choice).
+    started: Option<Instant>,
+    reported: bool,
+}
+
+impl std::fmt::Debug for View {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("View")
+            .field(
+                "tiers",
+                &self
+                    .tiers
+                    .iter()
+                    .map(|t| t.endpoints.len())
+                    .collect::<Vec<_>>(),
+            )
+            .field("blocked", &self.blocked.load(Ordering::Relaxed))
+            .field("policy", &self.config.policy)
+            .finish()
+    }
+}
+
+impl View {
+    /// A view of `endpoints` (HEALTHY ones with a weight above 0, in a visible deployment group,
+    /// are kept).
+    pub fn new(endpoints: impl IntoIterator<Item = Endpoint>, config: Arc<ViewConfig>) -> View {
+        let loc = &config.locality;
+        let mut tiers: [Vec<Endpoint>; 3] = Default::default();
+        for e in endpoints {
+            let spec = &e.instance.spec;
+            let visible =
+                spec.deployment_group.is_empty() || config.groups.contains(&spec.deployment_group);
+            if e.instance.status != Status::Healthy || spec.weight == 0 || !visible {
+                continue;
+            }
+            let same_region = loc.region.is_empty() || spec.region == loc.region;
+            let tier = if (loc.zone.is_empty() || spec.zone == loc.zone) && same_region {
+                0
+            } else if same_region {
+                1
+            } else if loc.cross_region {
+                2
+            } else {
+                continue;
+            };
+            tiers[tier].push(e);
+        }
+        let now = Instant::now();
+        let blocked = tiers
+            .iter()
+            .flatten()
+            .filter(|e| {
+                e.state.blocked.load(Ordering::Acquire) && {
+                    let h = e.health();
+                    h.ejection.is_ejected(now) || !h.breaker.would_allow(now, &config.breaker)
+                }
+            })
+            .count();
+        let len = tiers.iter().map(Vec::len).sum();
+        View {
+            tiers: tiers
+                .into_iter()
+                .filter(|t| !t.is_empty())
+                .map(|t| Tier::new(t, config.policy))
+                .collect(),
+            len,
+            blocked: AtomicUsize::new(blocked),
+            config,
+        }
+    }
+
+    /// Endpoints in the view.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the view has no endpoint.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The endpoints, nearest tier first.
+    pub fn endpoints(&self) -> impl Iterator<Item = &Endpoint> {
+        self.tiers.iter().flat_map(|t| t.endpoints.iter())
+    }
+
+    /// Whether so few endpoints are available that availability is ignored.
+    pub fn panicking(&self) -> bool {
+        let blocked = self.blocked.load(Ordering::Relaxed).min(self.len);
+        self.len > 0
+            && ((self.len - blocked) as f64)
+                < self.config.ejection.panic_threshold * self.len as f64
+    }
+
+    /// Picks an endpoint (`key` for consistent hashing); `None` only when the view is empty.
+    pub fn pick(&self, key: Option<&[u8]>) -> Option<Pick<'_>> {
+        self.pick_inner(key, fast_random(), fast_random(), &Now(Cell::new(None)))
+    }
+
+    /// [`View::pick`] with the random numbers and the time given (tests, benchmarks).
+    pub fn pick_with(
+        &self,
+        key: Option<&[u8]>,
+        r1: u64,
+        r2: u64,
+        now: Instant,
+    ) -> Option<Pick<'_>> {
+        self.pick_inner(key, r1, r2, &Now(Cell::new(Some(now))))
+    }
+
+    fn pick_inner(&self, key: Option<&[u8]>, r1: u64, r2: u64, now: &Now) -> Option<Pick<'_>> {
+        if !self.panicking() {
+            for tier in &self.tiers {
+                if let Some(i) = self.pick_in(tier, key, r1, r2, now, true) {
+                    return Some(self.started(&tier.endpoints[i], now));
+                }
+            }
+        }
+        // Panic mode, or nothing available anywhere: the nearest tier, availability ignored.
+        let tier = self.tiers.first()?;
+        let i = self.pick_in(tier, key, r1, r2, now, false)?;
+        Some(self.started(&tier.endpoints[i], now))
+    }
+
+    fn started<'a>(&'a self, endpoint: &'a Endpoint, now: &Now) -> Pick<'a> {
+        endpoint.state.in_flight.fetch_add(1, Ordering::Relaxed);
+        Pick {
+            view: self,
+            endpoint,
+            started: (self.config.policy == Policy::LeastRequest).then(|| now.get()),
+            reported: false,
+        }
+    }
+
+    /// Whether `e` may take a call (always, when `check` is off).
+    fn available(&self, e: &Endpoint, now: &Now, check: bool) -> bool {
+        if !check {
+            return true;
+        }
+        if !e.state.blocked.load(Ordering::Acquire) {
+            return true;
+        }
+        match e.try_acquire(now.get(), &self.config) {
+            Acquired::Yes => true,
+            Acquired::Unblocked => {
+                let _ = self
+                    .blocked
+                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| {
+                        Some(b.saturating_sub(1))
+                    });
+                true
+            }
+            Acquired::No => false,
+        }
+    }
+
+    fn pick_in(
+        &self,
+        tier: &Tier,
+        key: Option<&[u8]>,
+        r1: u64,
+        r2: u64,
+        now: &Now,
+        check: bool,
+    ) -> Option<usize> {
+        let n = tier.endpoints.len();
+        if n == 0 {
+            return None;
+        }
+        let ok = |i: usize| self.available(&tier.endpoints[i], now, check);
+        let first = match (self.config.policy, key, &tier.ring) {
+            (Policy::ConsistentHash, Some(key), Some(ring)) => {
+                // The key's endpoint, else the next ones on the ring.
+                return ring
+                    .node_iter(key)
+                    .take(n * 2)
+                    .filter_map(ring_index)
+                    .find(|i| ok(*i));
+            }
+            (Policy::RoundRobin, _, _) if !tier.schedule.is_empty() => {
+                let at = tier.cursor.fetch_add(1, Ordering::Relaxed);
+                tier.schedule[at % tier.schedule.len()] as usize
+            }
+            (Policy::LeastRequest, _, _) if n > 1 => {
+                let a = tier.by_weight(r1);
+                let mut b = tier.by_weight(r2);
+                if a == b {
+                    b = (a + 1 + (r2 >> 32) as usize % (n - 1)) % n;
+                }
+                let default_rtt =
+                    u64::try_from(self.config.default_rtt.as_nanos()).unwrap_or(u64::MAX);
+                let (ca, cb) = (
+                    tier.endpoints[a].cost(default_rtt),
+                    tier.endpoints[b].cost(default_rtt),
+                );
+                let (best, other) = if ca <= cb { (a, b) } else { (b, a) };
+                if ok(best) {
+                    return Some(best);
+                }
+                if ok(other) {
+                    return Some(other);
+                }
+                best
+            }
+            _ => tier.by_weight(r1),
+        };
+        if ok(first) {
+            return Some(first);
+        }
+        // Taken: the next available one, from where the first draw fell.
+        (1..n).map(|k| (first + k) % n).find(|i| ok(*i))
+    }
+}
+
+impl Pick<'_> {
+    /// The endpoint.
+    pub fn endpoint(&self) -> &Endpoint {
+        self.endpoint
+    }
+
+    /// The instance to call.
+    pub fn instance(&self) -> &Instance {
+        &self.endpoint.instance
+    }
+
+    /// Reports the call's outcome now; returns the breaker's state change, if any.
+    pub fn report(self, success: bool) -> Option<BreakerState> {
+        self.report_at(success, Instant::now())
+    }
+
+    /// [`Pick::report`] at a given time (tests).
+    pub fn report_at(mut self, success: bool, now: Instant) -> Option<BreakerState> {
+        self.reported = true;
+        let view = self.view;
+        let config = &view.config;
+        let e = self.endpoint;
+        e.state.in_flight.fetch_sub(1, Ordering::Relaxed);
+        // Peak-EWMA: a slower call takes the average up at once, faster ones decay it.
+        if let Some(started) = self.started {
+            let rtt = now.saturating_duration_since(started).as_nanos() as f64;
+            let mut load = e.state.load.lock().unwrap_or_else(|p| p.into_inner());
+            let ewma = match *load {
+                None => rtt,
+                Some((avg, at)) if rtt < avg => {
+                    let dt = now.saturating_duration_since(at).as_secs_f64();
+                    let w = (-dt / config.ewma_decay.as_secs_f64().max(1e-3)).exp();
+                    avg * w + rtt * (1.0 - w)
+                }
+                Some(_) => rtt,
+            };
+            *load = Some((ewma, now));
+            e.state
+                .ewma_ns
+                .store((ewma as u64).max(1), Ordering::Relaxed);
+        }
+        let mut h = e.health();
+        let was_blocked = e.state.blocked.load(Ordering::Acquire);
+        let may_eject = {
+            let ejected_now = view.blocked.load(Ordering::Relaxed);
+            ((ejected_now + 1) as f64) <= config.ejection.max_ejected_share * view.len as f64
+        };
+        let changed = h.breaker.record(success, now, &config.breaker);
+        h.ejection.record(success, now, may_eject, &config.ejection);
+        let blocked = h.breaker.state() != BreakerState::Closed || h.ejection.is_ejected(now);
+        e.state.blocked.store(blocked, Ordering::Release);
+        drop(h);
+        match (was_blocked, blocked) {
+            (false, true) => {
+                view.blocked.fetch_add(1, Ordering::Relaxed);
+            }
+            (true, false) => {
+                let _ = view
+                    .blocked
+                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| {
+                        Some(b.saturating_sub(1))
+                    });
+            }
+            _ => {}
+        }
+        changed
+    }
+}
+
+impl Drop for Pick<'_> {
+    fn drop(&mut self) {
+        if !self.reported {
+            let state = &self.endpoint.state;
+            state.in_flight.fetch_sub(1, Ordering::Relaxed);
+            if state.blocked.load(Ordering::Acquire) {
+                // It may hold a half-open probe slot: give it back.
+                self.endpoint.health().breaker.cancel();
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

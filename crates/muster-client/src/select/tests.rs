@@ -1,0 +1,353 @@
+use super::*;
+use muster_core::RegisterRequest;
+use proptest::prelude::*;
+use std::collections::HashMap;
+
+/// A HEALTHY instance `id` in `zone` (region from the zone's first letter: "a1" is region "a").
+fn instance(id: &str, zone: &str, weight: u32, group: &str) -> Arc<Instance> {
+    let spec = RegisterRequest {
+        service: Some("inventory-api".into()),
+        instance_id: Some(id.into()),
+        host: Some("10.0.0.1".into()),
+        port: Some(8080.into()),
+        zone: Some(zone.into()),
+        region: Some(zone[..1].into()),
+        weight: Some(weight.into()),
+        deployment_group: (!group.is_empty()).then(|| group.into()),
+        ..Default::default()
+    }
+    .validate()
+    .expect("valid")
+    .0;
+    Arc::new(Instance {
+        spec,
+        status: Status::Healthy,
+        status_reason: String::new(),
+        ready: true,
+        live: true,
+        registered_at: 0,
+        status_changed_at: 0,
+        create_index: 1,
+        modify_index: 1,
+    })
+}
+
+fn view(endpoints: &[Endpoint], config: ViewConfig) -> View {
+    View::new(endpoints.iter().cloned(), Arc::new(config))
+}
+
+fn endpoints(specs: &[(&str, &str, u32)]) -> Vec<Endpoint> {
+    specs
+        .iter()
+        .map(|(id, zone, w)| Endpoint::new(instance(id, zone, *w, "")))
+        .collect()
+}
+
+/// splitmix64: reproducible random numbers for picks.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e3779b97f4a7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58476d1ce4e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d049bb133111eb);
+        z ^ (z >> 31)
+    }
+}
+
+/// Picks `n` times (reporting success at once); counts per instance id.
+fn counts(
+    v: &View,
+    n: usize,
+    seed: u64,
+    key: impl Fn(usize) -> Option<Vec<u8>>,
+) -> HashMap<String, usize> {
+    let mut rng = Rng(seed);
+    let mut out = HashMap::new();
+    let now = Instant::now();
+    for i in 0..n {
+        let k = key(i);
+        let p = v
+            .pick_with(k.as_deref(), rng.next(), rng.next(), now)
+            .expect("a pick");
+        *out.entry(p.instance().spec.instance_id.clone())
+            .or_default() += 1;
+        p.report_at(true, now);
+    }
+    out
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(32))]
+
+    /// Weighted random and round robin give each endpoint its share of picks: within 2
+    /// percentage points over 20,000 random picks, exactly over a round-robin period.
+    #[test]
+    fn weights_are_respected(weights in prop::collection::vec(1u32..1000, 1..12), seed in any::<u64>()) {
+        let eps: Vec<Endpoint> = weights
+            .iter()
+            .enumerate()
+            .map(|(i, w)| Endpoint::new(instance(&format!("i{i}"), "a1", *w, "")))
+            .collect();
+        let total: u32 = weights.iter().sum();
+        for policy in [Policy::WeightedRandom, Policy::RoundRobin, Policy::ConsistentHash] {
+            let v = view(&eps, ViewConfig { policy, ..ViewConfig::default() });
+            let n = 20_000;
+            let got = counts(&v, n, seed, |_| None);
+            for (i, w) in weights.iter().enumerate() {
+                let want = f64::from(*w) / f64::from(total);
+                let share = got.get(&format!("i{i}")).copied().unwrap_or(0) as f64 / n as f64;
+                prop_assert!((share - want).abs() < 0.02, "{policy:?} i{i}: {share} vs {want}");
+            }
+        }
+    }
+
+    /// Removing one of N endpoints moves only its keys, about 1/N of them; the others stay.
+    #[test]
+    fn consistent_hashing_moves_only_the_leavers_keys(n in 3usize..20, leaver in 0usize..20) {
+        let leaver = leaver % n;
+        let eps: Vec<Endpoint> = (0..n)
+            .map(|i| Endpoint::new(instance(&format!("i{i}"), "a1", 100, "")))
+            .collect();
+        let config = || ViewConfig { policy: Policy::ConsistentHash, ..ViewConfig::default() };
+        let before = view(&eps, config());
+        let mut rest = eps.clone();
+        rest.remove(leaver);
+        let after = view(&rest, config());
+        let now = Instant::now();
+        let keys = 5_000;
+        let mut moved = 0;
+        for k in 0..keys {
+            let key = format!("user-{k}");
+            let a = before.pick_with(Some(key.as_bytes()), 0, 0, now).expect("pick").instance().spec.instance_id.clone();
+            let b = after.pick_with(Some(key.as_bytes()), 0, 0, now).expect("pick").instance().spec.instance_id.clone();
+            if a != b {
+                prop_assert_eq!(&a, &format!("i{leaver}"), "a key moved off an endpoint that stayed");
+                moved += 1;
+            }
+        }
+        let share = moved as f64 / keys as f64;
+        prop_assert!(share < 2.0 / n as f64, "moved {share} with n = {n}");
+    }
+}
+
+#[test]
+fn the_nearest_tier_wins_and_regions_are_crossed_only_when_allowed() {
+    let eps = endpoints(&[
+        ("a1-1", "a1", 100),
+        ("a2-1", "a2", 100),
+        ("b1-1", "b1", 100),
+    ]);
+    let here = |cross_region| ViewConfig {
+        locality: Locality {
+            zone: "a1".into(),
+            region: "a".into(),
+            cross_region,
+        },
+        ..ViewConfig::default()
+    };
+    let got = counts(&view(&eps, here(false)), 1_000, 1, |_| None);
+    assert_eq!(got.get("a1-1"), Some(&1_000), "{got:?}");
+    // The zone's instances drained (not HEALTHY): the rest of the region.
+    let drained: Vec<Endpoint> = eps
+        .iter()
+        .map(|e| {
+            let mut i = Instance::clone(e.instance());
+            if i.spec.zone == "a1" {
+                i.status = Status::Draining;
+            }
+            e.updated(Arc::new(i))
+        })
+        .collect();
+    let got = counts(&view(&drained, here(false)), 1_000, 2, |_| None);
+    assert_eq!(got.get("a2-1"), Some(&1_000), "{got:?}");
+    // The region gone too: another region only if allowed.
+    let only_b = endpoints(&[("b1-1", "b1", 100)]);
+    assert!(view(&only_b, here(false)).pick(None).is_none());
+    assert_eq!(
+        view(&only_b, here(true))
+            .pick(None)
+            .map(|p| p.instance().spec.instance_id.clone()),
+        Some("b1-1".to_string())
+    );
+}
+
+#[test]
+fn a_canary_is_seen_only_by_callers_that_opt_in_and_gets_its_weight_share() {
+    let eps = vec![
+        Endpoint::new(instance("stable-1", "a1", 95, "")),
+        Endpoint::new(instance("canary-1", "a1", 5, "canary")),
+    ];
+    let got = counts(&view(&eps, ViewConfig::default()), 10_000, 3, |_| None);
+    assert_eq!(got.get("canary-1"), None, "not opted in: {got:?}");
+    let opted = ViewConfig {
+        groups: vec!["canary".into()],
+        ..ViewConfig::default()
+    };
+    let got = counts(&view(&eps, opted), 20_000, 4, |_| None);
+    let share = got["canary-1"] as f64 / 20_000.0;
+    assert!((0.04..0.06).contains(&share), "canary share {share}");
+}
+
+fn failing(v: &View, id: &str, times: usize) {
+    let now = Instant::now();
+    let e = v
+        .endpoints()
+        .find(|e| e.instance().spec.instance_id == id)
+        .expect("endpoint");
+    for _ in 0..times {
+        v.started(e, &Now(Cell::new(Some(now))))
+            .report_at(false, now);
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_open_breaker_is_skipped_until_its_probe_and_panic_mode_uses_everything() {
+    let eps = endpoints(&[
+        ("i1", "a1", 100),
+        ("i2", "a1", 100),
+        ("i3", "a1", 100),
+        ("i4", "a1", 100),
+    ]);
+    let config = ViewConfig {
+        breaker: BreakerConfig {
+            consecutive_failures: 3,
+            open_for: Duration::from_secs(5),
+            ..BreakerConfig::default()
+        },
+        ejection: EjectionConfig {
+            consecutive_failures: 0, // breakers only
+            panic_threshold: 0.5,
+            ..EjectionConfig::default()
+        },
+        ..ViewConfig::default()
+    };
+    let v = view(&eps, config);
+    failing(&v, "i1", 3);
+    assert_eq!(
+        v.endpoints().next().unwrap().breaker_state(),
+        BreakerState::Open
+    );
+    let got = counts(&v, 3_000, 5, |_| None);
+    assert_eq!(got.get("i1"), None, "open: never picked {got:?}");
+    // Two of four out: below the panic threshold? 2/4 available = 0.5, not below: still skipped.
+    failing(&v, "i2", 3);
+    let got = counts(&v, 3_000, 6, |_| None);
+    assert!(
+        !got.contains_key("i1") && !got.contains_key("i2"),
+        "{got:?}"
+    );
+    // Three of four out: panic, everything is used again.
+    failing(&v, "i3", 3);
+    assert!(v.panicking());
+    let got = counts(&v, 3_000, 7, |_| None);
+    assert!(got.contains_key("i1") && got.contains_key("i3"), "{got:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_half_open_breaker_lets_one_probe_through_and_closes_on_success() {
+    let eps = endpoints(&[("i1", "a1", 100), ("i2", "a1", 100), ("i3", "a1", 100)]);
+    let config = ViewConfig {
+        breaker: BreakerConfig {
+            consecutive_failures: 2,
+            open_for: Duration::from_secs(5),
+            half_open_probes: 1,
+            ..BreakerConfig::default()
+        },
+        ejection: EjectionConfig {
+            consecutive_failures: 0,
+            panic_threshold: 0.0,
+            ..EjectionConfig::default()
+        },
+        policy: Policy::RoundRobin,
+        ..ViewConfig::default()
+    };
+    let v = view(&eps, config);
+    failing(&v, "i1", 2);
+    tokio::time::advance(Duration::from_secs(5)).await;
+    let now = Instant::now();
+    // Round robin: the schedule comes to i1 within three picks; one probe, held open.
+    let mut held = Vec::new();
+    for _ in 0..6 {
+        let p = v.pick_with(None, 0, 0, now).expect("pick");
+        if p.instance().spec.instance_id == "i1" {
+            held.push(p);
+        }
+    }
+    assert_eq!(held.len(), 1, "only one probe at a time");
+    assert_eq!(
+        held.pop().unwrap().report_at(true, now),
+        Some(BreakerState::Closed)
+    );
+    let got = counts(&v, 300, 8, |_| None);
+    assert_eq!(
+        got.get("i1"),
+        Some(&100),
+        "closed: back in rotation {got:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn ejection_respects_the_max_share_and_ends_on_time() {
+    let eps: Vec<Endpoint> = (0..10)
+        .map(|i| Endpoint::new(instance(&format!("i{i}"), "a1", 100, "")))
+        .collect();
+    let config = ViewConfig {
+        breaker: BreakerConfig {
+            consecutive_failures: 0,
+            failure_rate: 2.0,
+            ..BreakerConfig::default()
+        },
+        ejection: EjectionConfig {
+            consecutive_failures: 2,
+            base: Duration::from_secs(30),
+            max_ejected_share: 0.2,
+            panic_threshold: 0.0,
+            ..EjectionConfig::default()
+        },
+        ..ViewConfig::default()
+    };
+    let v = view(&eps, config);
+    for i in 0..4 {
+        failing(&v, &format!("i{i}"), 2);
+    }
+    let now = Instant::now();
+    let ejected: Vec<String> = v
+        .endpoints()
+        .filter(|e| e.is_ejected(now))
+        .map(|e| e.instance().spec.instance_id.clone())
+        .collect();
+    assert_eq!(ejected, ["i0", "i1"], "at most 20% of 10 out at once");
+    let got = counts(&v, 2_000, 9, |_| None);
+    assert!(
+        !got.contains_key("i0") && !got.contains_key("i1"),
+        "{got:?}"
+    );
+    tokio::time::advance(Duration::from_secs(30)).await;
+    let got = counts(&v, 2_000, 10, |_| None);
+    assert!(
+        got.contains_key("i0") && got.contains_key("i1"),
+        "back after 30s: {got:?}"
+    );
+}
+
+#[test]
+fn least_request_avoids_the_busier_endpoint() {
+    let eps = endpoints(&[("i1", "a1", 100), ("i2", "a1", 100)]);
+    let v = view(
+        &eps,
+        ViewConfig {
+            policy: Policy::LeastRequest,
+            ..ViewConfig::default()
+        },
+    );
+    let now = Instant::now();
+    let busy: Vec<_> = (0..5)
+        .map(|_| v.started(v.endpoints().next().unwrap(), &Now(Cell::new(Some(now)))))
+        .collect();
+    let got = counts(&v, 100, 11, |_| None);
+    assert_eq!(got.get("i2"), Some(&100), "{got:?}");
+    drop(busy);
+    assert_eq!(v.endpoints().next().unwrap().in_flight(), 0);
+}

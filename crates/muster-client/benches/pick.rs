@@ -1,5 +1,7 @@
 //! A pick at 10, 100 and 1000 endpoints, per policy: time (criterion) and heap allocations
-//! (counted with a counting allocator; a pick must make none).
+//! (counted with a counting allocator; a pick must make none). And the cost of a watch update
+//! to a 1000-endpoint service: the view is rebuilt from the endpoints (what the resolver does
+//! for each applied event).
 //!
 //! `cargo bench -p muster-client --bench pick`
 
@@ -83,5 +85,38 @@ fn picks(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, picks);
+fn updates(c: &mut Criterion) {
+    let mut group = c.benchmark_group("update");
+    let eps = endpoints(1000);
+    for policy in [
+        Policy::WeightedRandom,
+        Policy::RoundRobin,
+        Policy::LeastRequest,
+        Policy::ConsistentHash,
+    ] {
+        let config = Arc::new(ViewConfig {
+            policy,
+            ..ViewConfig::default()
+        });
+        // An update that keeps the members (a metadata or status change that stays HEALTHY):
+        // what is built for them is reused.
+        let previous = View::new(eps.iter().cloned(), config.clone());
+        group.bench_function(BenchmarkId::new(format!("{policy:?}"), 1000), |b| {
+            b.iter(|| {
+                black_box(View::after(
+                    eps.iter().cloned(),
+                    config.clone(),
+                    Some(&previous),
+                ))
+            })
+        });
+        // Members changed: everything is built afresh.
+        group.bench_function(BenchmarkId::new(format!("{policy:?}-fresh"), 1000), |b| {
+            b.iter(|| black_box(View::new(eps.iter().cloned(), config.clone())))
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, picks, updates);
 criterion_main!(benches);

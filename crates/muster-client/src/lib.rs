@@ -10,16 +10,19 @@
 //!  outcome ──▶ Endpoint::report ──▶ breaker, outlier ejection, load (P2C / peak-EWMA)
 //! ```
 //!
-//! This crate is being built in stages: this stage holds selection and per-endpoint
-//! resilience ([`View`], [`Breaker`], [`Ejection`], [`RetryBudget`]); the resolver that feeds
-//! views from the server comes next.
+//! A [`Resolver`] follows one service (snapshot + watch, failover across servers, periodic
+//! refresh, last known good in memory and on disk, empty-push protection) and publishes
+//! [`View`]s; a view picks. Per-endpoint resilience: [`Breaker`], [`Ejection`]; retries:
+//! [`Backoff`], [`RetryBudget`].
 
 pub mod breaker;
 pub mod outlier;
+pub mod resolve;
 pub mod retry;
 pub mod select;
 
 pub use breaker::{Breaker, BreakerConfig, BreakerState};
 pub use outlier::{Ejection, EjectionConfig};
+pub use resolve::{ResolveError, Resolver, ResolverConfig, ResolverStatus, Source};
 pub use retry::{Backoff, RetryBudget};
 pub use select::{Endpoint, Locality, Policy, View, ViewConfig};

@@ -27,7 +27,9 @@ pub enum Policy {
     /// Random, in proportion to weight.
     #[default]
     WeightedRandom,
-    /// Smooth weighted round robin (nginx's): in proportion to weight, interleaved.
+    /// Weighted round robin: a deterministic sequence that gives each endpoint its weight's
+    /// share, spread evenly (a golden-ratio sequence over the weights: no table to build, no
+    /// lock to take).
     RoundRobin,
     /// Power of two choices by weight, the one with the lower peak-EWMA latency × (requests in
     /// flight + 1) wins (Finagle's and Linkerd's balancer).
@@ -88,6 +90,8 @@ impl Default for ViewConfig {
 pub struct Endpoint {
     instance: Arc<Instance>,
     state: Arc<EndpointState>,
+    /// Where it sits on a consistent-hashing ring (a hash of its instance id).
+    ring_hash: u128,
 }
 
 #[derive(Debug)]
@@ -111,6 +115,7 @@ impl Endpoint {
     /// A fresh endpoint for `instance` (no history).
     pub fn new(instance: Arc<Instance>) -> Self {
         Endpoint {
+            ring_hash: id_hash(&instance.spec.instance_id),
             instance,
             state: Arc::new(EndpointState {
                 blocked: AtomicBool::new(false),
@@ -125,6 +130,11 @@ impl Endpoint {
     /// The same endpoint (history kept) with a newer copy of its instance.
     pub fn updated(&self, instance: Arc<Instance>) -> Self {
         Endpoint {
+            ring_hash: if instance.spec.instance_id == self.instance.spec.instance_id {
+                self.ring_hash
+            } else {
+                id_hash(&instance.spec.instance_id)
+            },
             instance,
             state: self.state.clone(),
         }
@@ -192,21 +202,24 @@ enum Acquired {
 /// One tier's endpoints and picker tables.
 struct Tier {
     endpoints: Vec<Endpoint>,
-    /// Running sum of weights (weighted random, P2C draws).
+    /// Running sum of weights (weighted random, P2C draws, round robin).
     cumulative: Vec<u64>,
-    /// Smooth weighted round robin schedule (indices), and where it is.
-    schedule: Vec<u32>,
-    cursor: AtomicUsize,
-    /// Consistent hashing: the ring (each address carries its endpoint's index in
-    /// `flowinfo`, which ketama does not hash).
-    ring: Option<Continuum>,
+    /// Round robin: picks so far.
+    cursor: AtomicU64,
+    /// Consistent hashing: the ring (shared with earlier views of the same members) and, by
+    /// ring address, the endpoint's index.
+    ring: Option<Arc<Continuum>>,
+    by_address: Arc<Vec<(u128, u32)>>,
+    /// The members and their ring weights, order-independent (a ring is reused while it stays).
+    fingerprint: u128,
 }
 
-/// Longest round-robin schedule; beyond, weights are scaled down to fit.
-const MAX_SCHEDULE: u64 = 65_536;
+/// Endpoints a ketama ring can hold (its node indices are 16 bits); a larger tier falls back
+/// to weighted random.
+const MAX_RING_ENDPOINTS: usize = 65_535;
 
 impl Tier {
-    fn new(endpoints: Vec<Endpoint>, policy: Policy) -> Tier {
+    fn new(endpoints: Vec<Endpoint>, policy: Policy, previous: Option<&View>) -> Tier {
         let mut sum = 0u64;
         let cumulative = endpoints
             .iter()
@@ -215,23 +228,56 @@ impl Tier {
                 sum
             })
             .collect();
-        let weights: Vec<u64> = endpoints
-            .iter()
-            .map(|e| u64::from(e.instance.spec.weight))
-            .collect();
-        let schedule = if policy == Policy::RoundRobin {
-            smooth_schedule(&weights)
-        } else {
-            Vec::new()
-        };
-        let ring = (policy == Policy::ConsistentHash).then(|| ketama(&endpoints));
-        Tier {
-            endpoints,
+        let mut tier = Tier {
             cumulative,
-            schedule,
-            cursor: AtomicUsize::new(0),
-            ring,
+            cursor: AtomicU64::new(0),
+            ring: None,
+            by_address: Arc::default(),
+            fingerprint: 0,
+            endpoints,
+        };
+        if policy == Policy::ConsistentHash && tier.endpoints.len() <= MAX_RING_ENDPOINTS {
+            let weights = ring_weights(&tier.endpoints);
+            tier.fingerprint = tier
+                .endpoints
+                .iter()
+                .zip(&weights)
+                .fold(0u128, |acc, (e, w)| {
+                    acc.wrapping_add(e.ring_hash.wrapping_mul(u128::from(*w) | 1))
+                });
+            // The same members (and weights): the ring serves again; in the same order (the
+            // resolver keeps endpoints sorted by id), so does the address index.
+            let same = previous
+                .into_iter()
+                .flat_map(|v| v.tiers.iter())
+                .find(|t| t.fingerprint == tier.fingerprint && t.ring.is_some());
+            if let Some(prev) = same {
+                tier.ring = prev.ring.clone();
+                let same_order = prev.endpoints.len() == tier.endpoints.len()
+                    && prev
+                        .endpoints
+                        .iter()
+                        .zip(&tier.endpoints)
+                        .all(|(a, b)| a.ring_hash == b.ring_hash);
+                if same_order {
+                    tier.by_address = prev.by_address.clone();
+                }
+            }
+            if tier.by_address.len() != tier.endpoints.len() {
+                let mut by_address: Vec<(u128, u32)> = tier
+                    .endpoints
+                    .iter()
+                    .enumerate()
+                    .map(|(i, e)| (e.ring_hash, i as u32))
+                    .collect();
+                by_address.sort_unstable();
+                tier.by_address = Arc::new(by_address);
+            }
+            if tier.ring.is_none() {
+                tier.ring = Some(Arc::new(ketama(&tier.by_address, &weights)));
+            }
         }
+        tier
     }
 
     fn total(&self) -> u64 {
@@ -243,68 +289,42 @@ impl Tier {
         let r = r % self.total().max(1);
         self.cumulative.partition_point(|c| *c <= r)
     }
-}
 
-/// The nginx smooth weighted round robin sequence over `weights` (reduced by their gcd and
-/// scaled to at most [`MAX_SCHEDULE`] entries), as indices.
-fn smooth_schedule(weights: &[u64]) -> Vec<u32> {
-    let g = weights.iter().copied().fold(0, gcd).max(1);
-    let mut w: Vec<u64> = weights.iter().map(|w| w / g).collect();
-    let total: u64 = w.iter().sum();
-    if total > MAX_SCHEDULE {
-        for x in &mut w {
-            *x = ((*x as f64 * MAX_SCHEDULE as f64 / total as f64).round() as u64).max(1);
-        }
+    /// The endpoint at a ring address.
+    fn at_address(&self, addr: &SocketAddr) -> Option<usize> {
+        let SocketAddr::V6(a) = addr else { return None };
+        let h = u128::from(*a.ip());
+        let at = self.by_address.binary_search_by_key(&h, |(k, _)| *k).ok()?;
+        Some(self.by_address[at].1 as usize)
     }
-    let total: u64 = w.iter().sum();
-    let mut current = vec![0i64; w.len()];
-    let mut out = Vec::with_capacity(total as usize);
-    for _ in 0..total {
-        let mut best = 0;
-        for (i, x) in w.iter().enumerate() {
-            current[i] += *x as i64;
-            if current[i] > current[best] {
-                best = i;
-            }
-        }
-        current[best] -= total as i64;
-        out.push(best as u32);
-    }
-    out
 }
 
-fn gcd(a: u64, b: u64) -> u64 {
-    if b == 0 { a } else { gcd(b, a % b) }
-}
-
-/// A ketama ring over `endpoints`: each is placed by a hash of its instance id (so the same
-/// instance keeps its place across views), with 1–8 times the points by weight relative to the
-/// lightest. The address's `flowinfo` (not hashed) holds the endpoint's index.
-fn ketama(endpoints: &[Endpoint]) -> Continuum {
+/// Ring weights: 1–8 times the points by weight relative to the lightest.
+fn ring_weights(endpoints: &[Endpoint]) -> Vec<u32> {
     let lightest = endpoints
         .iter()
         .map(|e| e.instance.spec.weight)
         .filter(|w| *w > 0)
         .min()
         .unwrap_or(1);
-    let buckets: Vec<Bucket> = endpoints
+    endpoints
         .iter()
-        .enumerate()
-        .map(|(i, e)| {
-            let ip = Ipv6Addr::from(id_hash(&e.instance.spec.instance_id));
-            let addr = SocketAddr::V6(SocketAddrV6::new(ip, 0, i as u32, 0));
-            let weight = (e.instance.spec.weight / lightest).clamp(1, 8);
-            Bucket::new(addr, weight)
+        .map(|e| (e.instance.spec.weight / lightest).clamp(1, 8))
+        .collect()
+}
+
+/// A ketama ring: each endpoint placed by a hash of its instance id (so the same instance
+/// keeps its place across views, and a ring serves any view with the same members).
+/// `by_address` holds `(hash, index into weights)`.
+fn ketama(by_address: &[(u128, u32)], weights: &[u32]) -> Continuum {
+    let buckets: Vec<Bucket> = by_address
+        .iter()
+        .map(|(h, i)| {
+            let addr = SocketAddr::V6(SocketAddrV6::new(Ipv6Addr::from(*h), 0, 0, 0));
+            Bucket::new(addr, weights[*i as usize])
         })
         .collect();
     Continuum::new(&buckets)
-}
-
-fn ring_index(addr: &SocketAddr) -> Option<usize> {
-    match addr {
-        SocketAddr::V6(a) => Some(a.flowinfo() as usize),
-        SocketAddr::V4(_) => None,
-    }
 }
 
 thread_local! {
@@ -389,6 +409,16 @@ impl View {
     /// A view of `endpoints` (HEALTHY ones with a weight above 0, in a visible deployment group,
     /// are kept).
     pub fn new(endpoints: impl IntoIterator<Item = Endpoint>, config: Arc<ViewConfig>) -> View {
+        View::after(endpoints, config, None)
+    }
+
+    /// [`View::new`], reusing what `previous` built that still fits (a consistent-hashing ring
+    /// whose members did not change).
+    pub fn after(
+        endpoints: impl IntoIterator<Item = Endpoint>,
+        config: Arc<ViewConfig>,
+        previous: Option<&View>,
+    ) -> View {
         let loc = &config.locality;
         let mut tiers: [Vec<Endpoint>; 3] = Default::default();
         for e in endpoints {
@@ -426,7 +456,7 @@ impl View {
             tiers: tiers
                 .into_iter()
                 .filter(|t| !t.is_empty())
-                .map(|t| Tier::new(t, config.policy))
+                .map(|t| Tier::new(t, config.policy, previous))
                 .collect(),
             len,
             blocked: AtomicUsize::new(blocked),
@@ -539,12 +569,14 @@ impl View {
                 return ring
                     .node_iter(key)
                     .take(n * 2)
-                    .filter_map(ring_index)
+                    .filter_map(|addr| tier.at_address(addr))
                     .find(|i| ok(*i));
             }
-            (Policy::RoundRobin, _, _) if !tier.schedule.is_empty() => {
+            (Policy::RoundRobin, _, _) => {
+                // n × golden ratio, mod 1, scaled to the total weight: evenly spread.
                 let at = tier.cursor.fetch_add(1, Ordering::Relaxed);
-                tier.schedule[at % tier.schedule.len()] as usize
+                let x = at.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+                tier.by_weight(((u128::from(x) * u128::from(tier.total())) >> 64) as u64)
             }
             (Policy::LeastRequest, _, _) if n > 1 => {
                 let a = tier.by_weight(r1);

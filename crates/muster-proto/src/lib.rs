@@ -1,6 +1,8 @@
 //! Muster's wire types: the JSON bodies of HTTP API v1 (DESIGN.md §5), shared by the server, the
 //! CLI and clients. The instance itself is [`muster_core::Instance`].
 
+pub mod sse;
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 

@@ -372,22 +372,17 @@ async fn watch(
         .send(Method::GET, &format!("/v1/watch?{}", q.join("&")), None)
         .await?;
     let mut stream = resp.bytes_stream();
-    let mut buf: Vec<u8> = Vec::new();
+    let mut frames = muster_proto::sse::Splitter::default();
     while let Some(chunk) = stream.next().await {
-        buf.extend_from_slice(
-            &chunk.map_err(|e| anyhow!("watch stream broke: {}", root_cause(&e)))?,
-        );
-        while let Some(end) = buf.windows(2).position(|w| w == b"\n\n") {
-            let frame: Vec<u8> = buf.drain(..end + 2).collect();
-            let text = String::from_utf8_lossy(&frame);
-            let Some(data) = text.lines().find_map(|l| l.strip_prefix("data: ")) else {
-                continue;
-            };
+        frames
+            .push(&chunk.map_err(|e| anyhow!("watch stream broke: {}", root_cause(&e)))?)
+            .map_err(|e| anyhow!(e))?;
+        while let Some(frame) = frames.next_frame() {
             if json {
-                println!("{data}");
+                println!("{}", frame.data);
                 continue;
             }
-            let v: Value = serde_json::from_str(data).context("invalid watch event")?;
+            let v: Value = serde_json::from_str(&frame.data).context("invalid watch event")?;
             println!("{}", describe_event(&v));
         }
     }

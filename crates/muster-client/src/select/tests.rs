@@ -351,3 +351,39 @@ fn least_request_avoids_the_busier_endpoint() {
     drop(busy);
     assert_eq!(v.endpoints().next().unwrap().in_flight(), 0);
 }
+
+#[test]
+fn a_reused_ring_picks_as_a_fresh_one_whatever_the_order() {
+    let eps: Vec<Endpoint> = (0..20)
+        .map(|i| Endpoint::new(instance(&format!("i{i}"), "a1", 100 + i, "")))
+        .collect();
+    let config = Arc::new(ViewConfig {
+        policy: Policy::ConsistentHash,
+        ..ViewConfig::default()
+    });
+    let first = View::new(eps.iter().cloned(), config.clone());
+    let reversed = View::after(eps.iter().rev().cloned(), config.clone(), Some(&first));
+    let same = View::after(eps.iter().cloned(), config.clone(), Some(&first));
+    let now = Instant::now();
+    for k in 0..2_000 {
+        let key = format!("k{k}");
+        let at = |v: &View| {
+            v.pick_with(Some(key.as_bytes()), 0, 0, now)
+                .map(|p| p.instance().spec.instance_id.clone())
+        };
+        assert_eq!(at(&first), at(&reversed), "{key}");
+        assert_eq!(at(&first), at(&same), "{key}");
+    }
+    assert!(Arc::ptr_eq(
+        first.tiers[0].ring.as_ref().unwrap(),
+        reversed.tiers[0].ring.as_ref().unwrap()
+    ));
+    assert!(Arc::ptr_eq(
+        &first.tiers[0].by_address,
+        &same.tiers[0].by_address
+    ));
+    assert!(!Arc::ptr_eq(
+        &first.tiers[0].by_address,
+        &reversed.tiers[0].by_address
+    ));
+}

@@ -5,6 +5,7 @@ mod bad_input;
 mod blocking;
 mod checks;
 mod cli;
+mod client;
 mod cluster;
 mod durability;
 mod harness;

@@ -1,0 +1,156 @@
+use super::*;
+use muster_core::{RegisterRequest, Status};
+
+fn instance(id: &str, status: Status) -> Instance {
+    let spec = RegisterRequest {
+        service: Some("inventory-api".into()),
+        instance_id: Some(id.into()),
+        host: Some("10.0.0.1".into()),
+        port: Some(8080.into()),
+        ..Default::default()
+    }
+    .validate()
+    .expect("valid")
+    .0;
+    Instance {
+        spec,
+        status,
+        status_reason: String::new(),
+        ready: status == Status::Healthy,
+        live: true,
+        registered_at: 0,
+        status_changed_at: 0,
+        create_index: 1,
+        modify_index: 1,
+    }
+}
+
+fn shared() -> Shared {
+    Shared::new("inventory-api", ResolverConfig::default(), State::default())
+}
+
+fn ids(s: &Shared) -> Vec<String> {
+    let mut ids: Vec<String> = s
+        .view()
+        .endpoints()
+        .map(|e| e.instance().spec.instance_id.clone())
+        .collect();
+    ids.sort();
+    ids
+}
+
+#[test]
+fn the_index_never_goes_backwards_unless_the_server_said_compacted() {
+    let s = shared();
+    s.apply_snapshot(vec![instance("a", Status::Healthy)], 10);
+    s.apply_change(8, instance("b", Status::Healthy), false);
+    assert_eq!(ids(&s), ["a"], "an older event is ignored");
+    s.apply_change(10, instance("b", Status::Healthy), false);
+    assert_eq!(
+        ids(&s),
+        ["a", "b"],
+        "an event at the index is a (harmless) repeat"
+    );
+    s.apply_snapshot(vec![instance("c", Status::Healthy)], 9);
+    assert_eq!(ids(&s), ["a", "b"], "an older snapshot is ignored");
+    s.state().accept_older = true; // compacted
+    s.apply_snapshot(vec![instance("c", Status::Healthy)], 9);
+    assert_eq!(ids(&s), ["c"]);
+    assert_eq!(s.state().index, 9);
+}
+
+#[test]
+fn an_update_that_would_empty_the_view_is_held_back() {
+    let s = shared();
+    s.apply_snapshot(
+        vec![
+            instance("a", Status::Healthy),
+            instance("b", Status::Healthy),
+        ],
+        5,
+    );
+    s.apply_change(6, instance("a", Status::Draining), false);
+    assert_eq!(ids(&s), ["b"], "one going is fine");
+    s.apply_change(7, instance("b", Status::Expired), true);
+    assert_eq!(ids(&s), ["b"], "the last one going is held back");
+    assert!(s.state().held_since.is_some());
+    // Something healthy again: published, the hold is over.
+    s.apply_change(8, instance("c", Status::Healthy), false);
+    assert_eq!(ids(&s), ["c"]);
+    assert!(s.state().held_since.is_none());
+    // Confirmed empty: published.
+    s.apply_change(9, instance("c", Status::Removed), true);
+    assert_eq!(ids(&s), ["c"]);
+    let mut state = s.state();
+    s.publish(&mut state, true);
+    drop(state);
+    assert!(s.view().is_empty());
+}
+
+#[test]
+fn the_cache_file_round_trips_and_a_restart_serves_from_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("inventory-api.json");
+    let config = ResolverConfig {
+        cache_file: Some(path.clone()),
+        ..ResolverConfig::default()
+    };
+    let s = Shared::new("inventory-api", config.clone(), State::default());
+    s.apply_snapshot(vec![instance("a", Status::Healthy)], 42);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(s.flush());
+    rt.block_on(async {
+        // Nothing listens on port 1: only the file can answer.
+        let config = ResolverConfig {
+            servers: vec!["http://127.0.0.1:1".into()],
+            ..config
+        };
+        let r = Resolver::start("inventory-api", config).unwrap();
+        let status = r.status();
+        assert_eq!((status.index, status.source), (42, Source::Disk));
+        let view = r.view();
+        let pick = view.pick(None).expect("a pick from the cache file");
+        assert_eq!(pick.instance().spec.instance_id, "a");
+        // A cache file for another service is ignored.
+        let other = Resolver::start(
+            "orders",
+            ResolverConfig {
+                servers: vec!["http://127.0.0.1:1".into()],
+                cache_file: Some(path.clone()),
+                ..ResolverConfig::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(other.status().source, Source::None);
+        assert!(other.view().is_empty());
+    });
+}
+
+#[test]
+fn bad_configurations_are_refused() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let none = ResolverConfig {
+            servers: vec![],
+            ..ResolverConfig::default()
+        };
+        assert!(matches!(
+            Resolver::start("s", none),
+            Err(ResolveError::NoServers)
+        ));
+        let bad = ResolverConfig {
+            servers: vec!["10.0.0.1:7070".into()],
+            ..ResolverConfig::default()
+        };
+        assert!(matches!(
+            Resolver::start("s", bad),
+            Err(ResolveError::BadServer(_))
+        ));
+    });
+}

@@ -10,19 +10,22 @@
 //!  outcome ──▶ Endpoint::report ──▶ breaker, outlier ejection, load (P2C / peak-EWMA)
 //! ```
 //!
-//! A [`Resolver`] follows one service (snapshot + watch, failover across servers, periodic
+//! A [`Registration`] keeps an instance registered (heartbeats, re-registration, readiness,
+//! drain on shutdown). A [`Resolver`] follows one service (snapshot + watch, failover across servers, periodic
 //! refresh, last known good in memory and on disk, empty-push protection) and publishes
 //! [`View`]s; a view picks. Per-endpoint resilience: [`Breaker`], [`Ejection`]; retries:
 //! [`Backoff`], [`RetryBudget`].
 
 pub mod breaker;
 pub mod outlier;
+pub mod register;
 pub mod resolve;
 pub mod retry;
 pub mod select;
 
 pub use breaker::{Breaker, BreakerConfig, BreakerState};
 pub use outlier::{Ejection, EjectionConfig};
+pub use register::{Registration, RegistrationConfig, RegistrationError};
 pub use resolve::{ResolveError, Resolver, ResolverConfig, ResolverStatus, Source};
 pub use retry::{Backoff, RetryBudget};
 pub use select::{Endpoint, Locality, Policy, View, ViewConfig};

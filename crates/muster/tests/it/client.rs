@@ -150,3 +150,111 @@ async fn an_emptying_update_is_held_until_a_fresh_lookup_confirms_it() {
     assert!(r.view().is_empty());
     assert!(!r.status().holding_empty);
 }
+
+fn registration(m: &Muster, id: &str, ttl: &str) -> muster_client::RegistrationConfig {
+    let request: muster_proto::RegisterRequest = serde_json::from_value(json!({
+        "service": "payments", "instanceId": id, "host": "127.0.0.1", "port": 9000,
+        "leaseTtl": ttl
+    }))
+    .unwrap();
+    muster_client::RegistrationConfig {
+        drain_grace: Duration::from_millis(300),
+        ..muster_client::RegistrationConfig::new(vec![m.url("")], request)
+    }
+}
+
+async fn status_of(m: &Muster, id: &str) -> (u16, String) {
+    let (code, v) = m.get(&format!("/v1/instances/{id}")).await;
+    (code, v["status"].as_str().unwrap_or("").to_string())
+}
+
+async fn until_status(m: &Muster, id: &str, want: &str) {
+    for _ in 0..200 {
+        if status_of(m, id).await.1 == want {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("{id} never became {want}: {:?}", status_of(m, id).await);
+}
+
+#[tokio::test]
+async fn a_registration_heartbeats_comes_back_reports_readiness_and_drains() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = Muster::start_in(dir.path(), &[]);
+    let reg = muster_client::Registration::register(registration(&m, "pay-1", "1s"))
+        .await
+        .unwrap();
+    assert_eq!(status_of(&m, "pay-1").await, (200, "STARTING".into()));
+    reg.set_ready(true);
+    until_status(&m, "pay-1", "HEALTHY").await;
+    // Three TTLs: the heartbeats (every third of it) keep it alive.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(status_of(&m, "pay-1").await, (200, "HEALTHY".into()));
+    assert!(reg.last_heartbeat().is_some());
+
+    // The server forgets it (an operator, a lost data directory): it registers again, and says
+    // it is ready again.
+    assert_eq!(m.delete("/v1/instances/pay-1").await.0, 200);
+    until_status(&m, "pay-1", "HEALTHY").await;
+
+    reg.set_ready(false);
+    until_status(&m, "pay-1", "UNHEALTHY").await;
+
+    // Shutdown: DRAINING first, then gone.
+    let mut watch = m.watch("service=payments").await;
+    reg.shutdown().await.unwrap();
+    let mut seen = Vec::new();
+    while let Some(f) = watch.next_within(Duration::from_secs(3)).await {
+        let status = f.data["instance"]["status"]
+            .as_str()
+            .unwrap_or("")
+            .to_string();
+        seen.push(status.clone());
+        if status == "REMOVED" {
+            break;
+        }
+    }
+    assert!(
+        seen.ends_with(&["DRAINING".into(), "REMOVED".into()]),
+        "{seen:?}"
+    );
+    assert_eq!(status_of(&m, "pay-1").await.0, 404);
+}
+
+#[tokio::test]
+async fn registration_errors_say_whether_to_retry() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = Muster::start_in(dir.path(), &[]);
+    let mut bad = registration(&m, "pay-2", "1s");
+    bad.request.port = Some(0.into());
+    let e = muster_client::Registration::register(bad)
+        .await
+        .err()
+        .expect("refused");
+    assert!(
+        matches!(e, muster_client::RegistrationError::Invalid(_)),
+        "{e}"
+    );
+    assert!(!e.is_retryable());
+    let mut nowhere = registration(&m, "pay-3", "1s");
+    nowhere.servers = vec![format!(
+        "http://127.0.0.1:{}",
+        crate::harness::free_ports(1)[0]
+    )];
+    let e = muster_client::Registration::register(nowhere)
+        .await
+        .err()
+        .expect("unreachable");
+    assert!(e.is_retryable(), "{e}");
+    // Another service holds the id: the server refuses, not retryable.
+    m.register("other", "pay-4", json!({})).await;
+    let e = muster_client::Registration::register(registration(&m, "pay-4", "1s"))
+        .await
+        .err()
+        .expect("conflict");
+    assert!(
+        matches!(&e, muster_client::RegistrationError::Refused { code, .. } if code == "conflict"),
+        "{e}"
+    );
+}

@@ -17,6 +17,8 @@
 //! [`Backoff`], [`RetryBudget`].
 
 pub mod breaker;
+pub mod call;
+pub mod metrics;
 pub mod outlier;
 pub mod register;
 pub mod resolve;
@@ -24,8 +26,13 @@ pub mod retry;
 pub mod select;
 
 pub use breaker::{Breaker, BreakerConfig, BreakerState};
+pub use metrics::ClientMetrics;
 pub use outlier::{Ejection, EjectionConfig};
 pub use register::{Registration, RegistrationConfig, RegistrationError};
 pub use resolve::{ResolveError, Resolver, ResolverConfig, ResolverStatus, Source};
 pub use retry::{Backoff, RetryBudget};
-pub use select::{Endpoint, Locality, Policy, View, ViewConfig};
+#[cfg(test)]
+mod testing;
+
+pub use call::{CallError, CallPolicy, Failure, Fault, ViewSource, call, http_get};
+pub use select::{BreakerHook, Endpoint, Locality, Pick, Policy, View, ViewConfig};

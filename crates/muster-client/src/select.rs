@@ -19,6 +19,7 @@ use pingora_ketama::{Bucket, Continuum};
 use tokio::time::Instant;
 
 use crate::breaker::{Breaker, BreakerConfig, BreakerState};
+use crate::metrics::{BreakerLabels, ClientMetrics};
 use crate::outlier::{Ejection, EjectionConfig};
 
 /// How a tier picks among its endpoints.
@@ -68,6 +69,36 @@ pub struct ViewConfig {
     pub default_rtt: Duration,
     /// Decay time of the latency average (peak-EWMA).
     pub ewma_decay: Duration,
+    /// Told of every breaker state change.
+    pub on_breaker: Option<BreakerHook>,
+    /// Where breaker changes, ejections and panic picks are counted.
+    pub metrics: Option<Arc<ClientMetrics>>,
+}
+
+/// What a [`BreakerHook`] calls.
+pub type BreakerFn = dyn Fn(&Instance, BreakerState) + Send + Sync;
+
+/// A function told of each breaker state change: the endpoint's instance and its new state.
+#[derive(Clone)]
+pub struct BreakerHook(pub Arc<BreakerFn>);
+
+impl std::fmt::Debug for BreakerHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BreakerHook")
+    }
+}
+
+impl ViewConfig {
+    fn breaker_changed(&self, instance: &Instance, to: BreakerState) {
+        if let Some(m) = &self.metrics {
+            m.breaker_transitions
+                .get_or_create(&BreakerLabels { to: to.as_str() })
+                .inc();
+        }
+        if let Some(hook) = &self.on_breaker {
+            (hook.0)(instance, to);
+        }
+    }
 }
 
 impl Default for ViewConfig {
@@ -80,6 +111,8 @@ impl Default for ViewConfig {
             ejection: EjectionConfig::default(),
             default_rtt: Duration::from_millis(30),
             ewma_decay: Duration::from_secs(10),
+            on_breaker: None,
+            metrics: None,
         }
     }
 }
@@ -187,7 +220,10 @@ impl Endpoint {
             self.state.blocked.store(false, Ordering::Release);
             return Acquired::Unblocked;
         }
-        let _ = changed; // to half-open: reported when the probe's outcome is
+        drop(h);
+        if let Some(to) = changed {
+            config.breaker_changed(&self.instance, to);
+        }
         if ok { Acquired::Yes } else { Acquired::No }
     }
 }
@@ -513,6 +549,9 @@ impl View {
         }
         // Panic mode, or nothing available anywhere: the nearest tier, availability ignored.
         let tier = self.tiers.first()?;
+        if let Some(m) = &self.config.metrics {
+            m.panic_picks.inc();
+        }
         let i = self.pick_in(tier, key, r1, r2, now, false)?;
         Some(self.started(&tier.endpoints[i], now))
     }
@@ -657,10 +696,18 @@ impl Pick<'_> {
             ((ejected_now + 1) as f64) <= config.ejection.max_ejected_share * view.len as f64
         };
         let changed = h.breaker.record(success, now, &config.breaker);
-        h.ejection.record(success, now, may_eject, &config.ejection);
+        let ejected = h.ejection.record(success, now, may_eject, &config.ejection);
         let blocked = h.breaker.state() != BreakerState::Closed || h.ejection.is_ejected(now);
         e.state.blocked.store(blocked, Ordering::Release);
         drop(h);
+        if let Some(to) = changed {
+            config.breaker_changed(&e.instance, to);
+        }
+        if ejected.is_some()
+            && let Some(m) = &config.metrics
+        {
+            m.ejections.inc();
+        }
         match (was_blocked, blocked) {
             (false, true) => {
                 view.blocked.fetch_add(1, Ordering::Relaxed);

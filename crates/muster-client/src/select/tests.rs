@@ -1,36 +1,9 @@
 use super::*;
-use muster_core::RegisterRequest;
 use proptest::prelude::*;
 use std::collections::HashMap;
+use std::sync::Mutex;
 
-/// A HEALTHY instance `id` in `zone` (region from the zone's first letter: "a1" is region "a").
-fn instance(id: &str, zone: &str, weight: u32, group: &str) -> Arc<Instance> {
-    let spec = RegisterRequest {
-        service: Some("inventory-api".into()),
-        instance_id: Some(id.into()),
-        host: Some("10.0.0.1".into()),
-        port: Some(8080.into()),
-        zone: Some(zone.into()),
-        region: Some(zone[..1].into()),
-        weight: Some(weight.into()),
-        deployment_group: (!group.is_empty()).then(|| group.into()),
-        ..Default::default()
-    }
-    .validate()
-    .expect("valid")
-    .0;
-    Arc::new(Instance {
-        spec,
-        status: Status::Healthy,
-        status_reason: String::new(),
-        ready: true,
-        live: true,
-        registered_at: 0,
-        status_changed_at: 0,
-        create_index: 1,
-        modify_index: 1,
-    })
-}
+use crate::testing::instance;
 
 fn view(endpoints: &[Endpoint], config: ViewConfig) -> View {
     View::new(endpoints.iter().cloned(), Arc::new(config))
@@ -386,4 +359,64 @@ fn a_reused_ring_picks_as_a_fresh_one_whatever_the_order() {
         &first.tiers[0].by_address,
         &reversed.tiers[0].by_address
     ));
+}
+
+#[tokio::test(start_paused = true)]
+async fn breaker_changes_reach_the_hook_and_the_metrics() {
+    let seen: Arc<Mutex<Vec<(String, BreakerState)>>> = Arc::default();
+    let hook_seen = seen.clone();
+    let mut registry = prometheus_client::registry::Registry::default();
+    let metrics = Arc::new(ClientMetrics::register(&mut registry));
+    let eps = endpoints(&[("i1", "a1", 100), ("i2", "a1", 100)]);
+    let config = ViewConfig {
+        breaker: BreakerConfig {
+            consecutive_failures: 1,
+            open_for: Duration::from_secs(1),
+            ..BreakerConfig::default()
+        },
+        ejection: EjectionConfig {
+            consecutive_failures: 0,
+            panic_threshold: 0.0,
+            ..EjectionConfig::default()
+        },
+        on_breaker: Some(BreakerHook(Arc::new(move |i: &Instance, s| {
+            hook_seen
+                .lock()
+                .unwrap()
+                .push((i.spec.instance_id.clone(), s));
+        }))),
+        metrics: Some(metrics.clone()),
+        ..ViewConfig::default()
+    };
+    let v = view(&eps, config);
+    failing(&v, "i1", 1);
+    tokio::time::advance(Duration::from_secs(1)).await;
+    // Picks until i1's probe goes (and succeeds).
+    for _ in 0..50 {
+        let p = v.pick(None).expect("pick");
+        let probe = p.instance().spec.instance_id == "i1";
+        p.report(true);
+        if probe {
+            break;
+        }
+    }
+    let states: Vec<BreakerState> = seen.lock().unwrap().iter().map(|(_, s)| *s).collect();
+    assert_eq!(
+        states,
+        [
+            BreakerState::Open,
+            BreakerState::HalfOpen,
+            BreakerState::Closed
+        ]
+    );
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+    for to in ["open", "half_open", "closed"] {
+        assert!(
+            text.contains(&format!(
+                "muster_client_breaker_transitions_total{{to=\"{to}\"}} 1"
+            )),
+            "{text}"
+        );
+    }
 }

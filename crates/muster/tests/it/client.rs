@@ -258,3 +258,43 @@ async fn registration_errors_say_whether_to_retry() {
         "{e}"
     );
 }
+
+#[tokio::test]
+async fn http_get_retries_a_failing_endpoint_on_a_good_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = Muster::start_in(dir.path(), &[]);
+    let (bad, good) = (
+        crate::harness::Target::http(false, false).await,
+        crate::harness::Target::http(true, false).await,
+    );
+    for (id, port) in [("bad", bad.port), ("good", good.port)] {
+        m.post(
+            "/v1/instances",
+            json!({"service": "stock", "instanceId": id, "host": "127.0.0.1", "port": port,
+                   "status": "HEALTHY"}),
+        )
+        .await;
+    }
+    let r = Resolver::start(
+        "stock",
+        ResolverConfig {
+            servers: vec![m.url("")],
+            ..ResolverConfig::default()
+        },
+    )
+    .unwrap();
+    assert!(r.ready(Duration::from_secs(10)).await);
+    until_picks(&r, &["bad", "good"]).await;
+    let policy = muster_client::CallPolicy {
+        max_attempts: 4,
+        ..muster_client::CallPolicy::default()
+    };
+    let http = reqwest::Client::new();
+    for _ in 0..20 {
+        let answer = muster_client::http_get(&r, &policy, &http, "/stock/42")
+            .await
+            .expect("an answer");
+        assert_eq!(answer.status(), 200);
+    }
+    assert!(good.last_request().starts_with("GET /stock/42 "));
+}

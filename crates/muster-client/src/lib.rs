@@ -18,6 +18,7 @@
 
 pub mod breaker;
 pub mod call;
+pub mod integrate;
 pub mod metrics;
 pub mod outlier;
 pub mod register;
@@ -35,4 +36,5 @@ pub use retry::{Backoff, RetryBudget};
 mod testing;
 
 pub use call::{CallError, CallPolicy, Failure, Fault, ViewSource, call, http_get};
+pub use integrate::{discover, tonic_channel};
 pub use select::{BreakerHook, Endpoint, Locality, Pick, Policy, View, ViewConfig};

@@ -132,13 +132,15 @@ struct State {
     dirty: bool,
 }
 
-struct Shared {
+pub(crate) struct Shared {
     service: String,
     config: ResolverConfig,
     view_config: Arc<ViewConfig>,
     view: Mutex<Arc<View>>,
     state: Mutex<State>,
-    changed: tokio::sync::Notify,
+    /// Woken (all waiters) on every published view, and when the resolver is dropped.
+    pub(crate) changed: tokio::sync::Notify,
+    closed: std::sync::atomic::AtomicBool,
 }
 
 /// Follows one service; see the module docs.
@@ -150,6 +152,10 @@ pub struct Resolver {
 impl Drop for Resolver {
     fn drop(&mut self) {
         self.task.abort();
+        self.shared
+            .closed
+            .store(true, std::sync::atomic::Ordering::Release);
+        self.shared.changed.notify_waiters();
     }
 }
 
@@ -201,6 +207,10 @@ impl Resolver {
     /// The current view. Cheap (a reference count); never waits on the network.
     pub fn view(&self) -> Arc<View> {
         self.shared.view()
+    }
+
+    pub(crate) fn shared(&self) -> Arc<Shared> {
+        self.shared.clone()
     }
 
     /// Index, source, connection.
@@ -272,7 +282,17 @@ impl Shared {
             view: Mutex::new(Arc::new(view)),
             state: Mutex::new(state),
             changed: tokio::sync::Notify::new(),
+            closed: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// Whether the resolver was dropped.
+    pub(crate) fn closed(&self) -> bool {
+        self.closed.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    pub(crate) fn current_view(&self) -> Arc<View> {
+        self.view()
     }
 
     fn state(&self) -> MutexGuard<'_, State> {

@@ -298,3 +298,92 @@ async fn http_get_retries_a_failing_endpoint_on_a_good_one() {
     }
     assert!(good.last_request().starts_with("GET /stock/42 "));
 }
+
+fn is_discover<D: tower::discover::Discover>(d: D) -> D {
+    d
+}
+
+#[tokio::test]
+async fn discover_and_a_balanced_tonic_channel_follow_the_resolver() {
+    use futures_util::StreamExt;
+    use tower::discover::Change;
+
+    let dir = tempfile::tempdir().unwrap();
+    let m = Muster::start_in(dir.path(), &[]);
+    let targets = [
+        crate::harness::GrpcTarget::start().await,
+        crate::harness::GrpcTarget::start().await,
+    ];
+    for (i, t) in targets.iter().enumerate() {
+        t.set("", true).await;
+        m.post(
+            "/v1/instances",
+            json!({"service": "grpc-svc", "instanceId": format!("g{i}"), "host": "127.0.0.1",
+                   "port": t.port, "status": "HEALTHY"}),
+        )
+        .await;
+    }
+    let r = Resolver::start(
+        "grpc-svc",
+        ResolverConfig {
+            servers: vec![m.url("")],
+            ..ResolverConfig::default()
+        },
+    )
+    .unwrap();
+    assert!(r.ready(Duration::from_secs(10)).await);
+    until_picks(&r, &["g0", "g1"]).await;
+
+    let changes = is_discover(muster_client::discover(&r, |i| i.spec.port));
+    tokio::pin!(changes);
+    let mut inserted = BTreeSet::new();
+    for _ in 0..2 {
+        let change = tokio::time::timeout(Duration::from_secs(5), changes.next())
+            .await
+            .expect("a change in time")
+            .expect("the stream goes on")
+            .unwrap();
+        match change {
+            Change::Insert(id, port) => {
+                assert!(targets.iter().any(|t| t.port == port));
+                inserted.insert(id);
+            }
+            Change::Remove(id) => panic!("unexpected removal of {id}"),
+        }
+    }
+    assert_eq!(
+        inserted,
+        BTreeSet::from(["g0".to_string(), "g1".to_string()])
+    );
+
+    // A balanced tonic channel over the same endpoints answers health checks.
+    let channel = muster_client::tonic_channel(&r);
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+    for _ in 0..10 {
+        let answer = tokio::time::timeout(
+            Duration::from_secs(5),
+            health.check(tonic_health::pb::HealthCheckRequest {
+                service: String::new(),
+            }),
+        )
+        .await
+        .expect("in time")
+        .expect("an answer");
+        assert_eq!(answer.into_inner().status, 1, "SERVING");
+    }
+
+    // One leaves: the stream says so.
+    assert_eq!(m.delete("/v1/instances/g1").await.0, 200);
+    let change = tokio::time::timeout(Duration::from_secs(5), changes.next())
+        .await
+        .expect("a change in time")
+        .expect("the stream goes on")
+        .unwrap();
+    assert!(matches!(change, Change::Remove(id) if id == "g1"));
+    // The resolver gone, the stream ends.
+    drop(r);
+    let end = tokio::time::timeout(Duration::from_secs(5), changes.next())
+        .await
+        .expect("ends in time");
+    assert!(end.is_none());
+}

@@ -250,6 +250,9 @@ struct Tier {
     fingerprint: u128,
 }
 
+/// Ring points looked at past a key's endpoint before falling back to a scan.
+const RING_STEPS: usize = 32;
+
 /// Endpoints a ketama ring can hold (its node indices are 16 bits); a larger tier falls back
 /// to weighted random.
 const MAX_RING_ENDPOINTS: usize = 65_535;
@@ -604,12 +607,21 @@ impl View {
         let ok = |i: usize| self.available(&tier.endpoints[i], now, check);
         let first = match (self.config.policy, key, &tier.ring) {
             (Policy::ConsistentHash, Some(key), Some(ring)) => {
-                // The key's endpoint, else the next ones on the ring.
-                return ring
+                // The key's endpoint, else the next ones on the ring (a few dozen points: the
+                // points next to a node are often its own), else the scan below from the key's
+                // endpoint.
+                let mut owner = None;
+                for i in ring
                     .node_iter(key)
-                    .take(n * 2)
+                    .take(RING_STEPS)
                     .filter_map(|addr| tier.at_address(addr))
-                    .find(|i| ok(*i));
+                {
+                    if ok(i) {
+                        return Some(i);
+                    }
+                    owner.get_or_insert(i);
+                }
+                owner.unwrap_or_else(|| tier.by_weight(r1))
             }
             (Policy::RoundRobin, _, _) => {
                 // n × golden ratio, mod 1, scaled to the total weight: evenly spread.

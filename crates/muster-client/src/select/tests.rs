@@ -420,3 +420,52 @@ async fn breaker_changes_reach_the_hook_and_the_metrics() {
         );
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+
+    /// Whatever the policy, an endpoint with an open breaker is never picked, unless too few
+    /// are available (panic mode) — then the view uses everything.
+    #[test]
+    fn no_pick_of_an_open_breaker_outside_panic_mode(
+        n in 2usize..12,
+        broken in prop::collection::vec(any::<bool>(), 12),
+        policy in prop::sample::select(vec![Policy::WeightedRandom, Policy::RoundRobin, Policy::LeastRequest, Policy::ConsistentHash]),
+        threshold in prop::sample::select(vec![0.0, 0.5]),
+        seed in any::<u64>(),
+    ) {
+        let eps: Vec<Endpoint> = (0..n)
+            .map(|i| Endpoint::new(instance(&format!("i{i}"), "a1", 100, "")))
+            .collect();
+        let config = ViewConfig {
+            policy,
+            breaker: BreakerConfig {
+                consecutive_failures: 1,
+                open_for: Duration::from_secs(3_600),
+                ..BreakerConfig::default()
+            },
+            ejection: EjectionConfig {
+                consecutive_failures: 0,
+                panic_threshold: threshold,
+                ..EjectionConfig::default()
+            },
+            ..ViewConfig::default()
+        };
+        let v = view(&eps, config);
+        let broken: Vec<String> = (0..n).filter(|i| broken[*i]).map(|i| format!("i{i}")).collect();
+        for id in &broken {
+            failing(&v, id, 1);
+        }
+        let available = n - broken.len();
+        let panic = (available as f64) < threshold * n as f64;
+        prop_assert_eq!(v.panicking(), panic);
+        let got = counts(&v, 300, seed, |i| Some(format!("key-{i}").into_bytes()));
+        let picked_broken = broken.iter().any(|id| got.contains_key(id));
+        if available > 0 && !panic {
+            prop_assert!(!picked_broken, "{:?} picked {:?} (broken {:?})", policy, got, broken);
+        }
+        if available == 0 {
+            prop_assert_eq!(got.values().sum::<usize>(), 300, "nothing available: everything is used");
+        }
+    }
+}

@@ -75,7 +75,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     if !resolver.ready(Duration::from_secs(5)).await {
         return Err(format!("{server} did not answer the watch").into());
     }
-    wait_for(&resolver, INSTANCES.len() - 1).await; // the a-zone tier: three instances
+    wait_for(&resolver, INSTANCES.len()).await;
 
     let http = reqwest::Client::new();
     let policy = CallPolicy::default();

@@ -192,6 +192,22 @@ impl Breaker {
         }
     }
 
+    /// Records the outcome of a call: `probe` says whether it took a half-open probe slot. A
+    /// call that did not (picked before the breaker opened, or in panic mode) tells nothing
+    /// about a half-open round and is ignored then.
+    pub fn record_call(
+        &mut self,
+        success: bool,
+        probe: bool,
+        now: Instant,
+        config: &BreakerConfig,
+    ) -> Option<BreakerState> {
+        if self.state == BreakerState::HalfOpen && !probe {
+            return None;
+        }
+        self.record(success, now, config)
+    }
+
     /// A call that took a probe slot was never made (or never reported): the slot is free
     /// again.
     pub fn cancel(&mut self) {

@@ -41,7 +41,7 @@ impl ViewSource for Arc<View> {
 pub struct CallPolicy {
     /// Tries in all, the first included.
     pub max_attempts: u32,
-    /// Longest one try may take.
+    /// Longest one try may take (zero: no limit but the overall one).
     pub per_try_timeout: Duration,
     /// Longest the whole call may take, retries and waits included.
     pub overall_timeout: Duration,
@@ -139,8 +139,10 @@ impl<E> CallError<E> {
     }
 }
 
-/// Calls `f` on picked endpoints until it succeeds, fails for good, or the policy says stop;
-/// then, if it failed, asks `fallback` (e.g. an answer from a cache).
+/// Calls `f` on picked endpoints until it succeeds, fails for good, or the policy says stop.
+/// When the endpoints failed it (upstream failures, timeouts, no endpoint), `fallback` may
+/// still answer (e.g. from a cache); a downstream failure (the request's fault) is returned
+/// as it is.
 pub async fn call<S, T, E, F, Fut>(
     source: &S,
     policy: &CallPolicy,
@@ -156,10 +158,14 @@ where
     let deadline = Instant::now() + policy.overall_timeout;
     policy.budget.deposit();
     let mut last = CallError::NoEndpoint;
-    // Endpoints that failed this call: a retry prefers another.
-    let mut failed: Vec<Arc<Instance>> = Vec::new();
+    // Endpoints that failed this call (by id): a retry prefers another.
+    let mut failed: Vec<String> = Vec::new();
     for attempt in 1..=policy.max_attempts.max(1) {
         if attempt > 1 {
+            let wait = policy.backoff.delay(attempt - 1);
+            if Instant::now() + wait >= deadline {
+                break;
+            }
             if !policy.budget.try_withdraw() {
                 if let Some(m) = &policy.metrics {
                     m.retries_over_budget.inc();
@@ -169,22 +175,18 @@ where
             if let Some(m) = &policy.metrics {
                 m.retries.inc();
             }
-            let wait = policy.backoff.delay(attempt - 1);
-            if Instant::now() + wait >= deadline {
-                break;
-            }
             tokio::time::sleep(wait).await;
         }
         let view = source.current();
         let Some(mut pick) = view.pick(key) else {
-            last = CallError::NoEndpoint;
+            if attempt == 1 {
+                last = CallError::NoEndpoint;
+            }
             break;
         };
         for _ in 0..4 {
-            if !failed
-                .iter()
-                .any(|f| Arc::ptr_eq(f, pick.endpoint().instance()))
-            {
+            let id = &pick.instance().spec.instance_id;
+            if !failed.iter().any(|f| f == id) {
                 break;
             }
             match view.pick(key) {
@@ -193,7 +195,14 @@ where
             }
         }
         let left = deadline.saturating_duration_since(Instant::now());
-        let per_try = policy.per_try_timeout.min(left);
+        let per_try = if policy.per_try_timeout.is_zero() {
+            left
+        } else {
+            policy.per_try_timeout.min(left)
+        };
+        // Cut short by the overall deadline rather than its own: a timeout is then not the
+        // endpoint's fault.
+        let cut_short = policy.per_try_timeout.is_zero() || per_try < policy.per_try_timeout;
         let instance = pick.endpoint().instance().clone();
         match tokio::time::timeout(per_try, f(instance)).await {
             Ok(Ok(value)) => {
@@ -202,7 +211,7 @@ where
             }
             Ok(Err(failure)) => {
                 if failure.fault == Fault::Upstream {
-                    failed.push(pick.endpoint().instance().clone());
+                    failed.push(pick.instance().spec.instance_id.clone());
                 }
                 pick.report(failure.fault == Fault::Downstream);
                 let retryable = failure.retryable;
@@ -214,8 +223,12 @@ where
                     return Err(last);
                 }
             }
+            Err(_) if cut_short => {
+                drop(pick); // cancelled: the caller ran out of time, not the endpoint
+                last = CallError::Timeout;
+            }
             Err(_) => {
-                failed.push(pick.endpoint().instance().clone());
+                failed.push(pick.instance().spec.instance_id.clone());
                 pick.report(false);
                 last = CallError::Timeout;
             }

@@ -16,7 +16,8 @@ use crate::resolve::Resolver;
 /// made by `make` from the instance. The stream is a `tower::discover::Discover`.
 ///
 /// It follows the published views (so the same filters apply: HEALTHY, deployment groups,
-/// regions), and ends when the resolver is dropped.
+/// regions; the tiers are flattened, so zone preference is the balancer's business), and ends
+/// when the resolver is dropped.
 pub fn discover<S, F>(
     resolver: &Resolver,
     make: F,
@@ -78,7 +79,13 @@ pub fn tonic_channel(resolver: &Resolver) -> tonic::transport::Channel {
     });
     tokio::spawn(async move {
         tokio::pin!(changes);
-        while let Some(Ok(change)) = changes.next().await {
+        loop {
+            let next = tokio::select! {
+                next = changes.next() => next,
+                // The channel was dropped: stop following.
+                _ = sender.closed() => return,
+            };
+            let Some(Ok(change)) = next else { return };
             use tonic::transport::channel::Change as TonicChange;
             let change = match change {
                 Change::Insert(id, Ok(endpoint)) => TonicChange::Insert(id, endpoint),

@@ -56,6 +56,14 @@ impl Ejection {
         self.times
     }
 
+    /// Whether recording this outcome would eject it (given room for it).
+    pub fn would_eject(&self, success: bool, now: Instant, config: &EjectionConfig) -> bool {
+        !success
+            && config.consecutive_failures > 0
+            && self.consecutive.saturating_add(1) >= config.consecutive_failures
+            && !self.is_ejected(now)
+    }
+
     /// Records a call's outcome at `now`. `may_eject` says whether the view has room for one
     /// more ejection. Returns when the endpoint comes back, if this call ejected it.
     pub fn record(

@@ -86,6 +86,10 @@ struct Shared {
     nudge: Notify,
     /// The server found this instance dead (liveness check): heartbeats stopped.
     dead: AtomicBool,
+    /// Shutting down: a forgotten instance is not registered again.
+    draining: AtomicBool,
+    /// The server that answered last (tried first next time).
+    preferred: std::sync::atomic::AtomicUsize,
     last_ok: Mutex<Option<Instant>>,
 }
 
@@ -127,6 +131,8 @@ impl Registration {
             ready: AtomicU8::new(READY_UNSET),
             nudge: Notify::new(),
             dead: AtomicBool::new(false),
+            draining: AtomicBool::new(false),
+            preferred: std::sync::atomic::AtomicUsize::new(0),
             last_ok: Mutex::new(None),
         });
         shared.register().await?;
@@ -165,17 +171,22 @@ impl Registration {
     /// then deregisters. Heartbeats go on while draining.
     pub async fn shutdown(self) -> Result<(), RegistrationError> {
         let s = &self.shared;
+        s.draining.store(true, Ordering::Relaxed);
         let body = serde_json::to_vec(&StatusRequest {
             status: Some("DRAINING".into()),
             reason: Some("shutting down".into()),
         })
         .unwrap_or_default();
-        s.send(
-            reqwest::Method::PUT,
-            &format!("/v1/instances/{}/status", s.path_id()),
-            Some(body),
-        )
-        .await?;
+        let path = format!("/v1/instances/{}/status", s.path_id());
+        match s.send(reqwest::Method::PUT, &path, Some(body)).await {
+            Ok(()) => {}
+            // Gone already (expired, or removed): nothing to drain or deregister.
+            Err(RegistrationError::Refused { code, .. }) if code == "unknown_instance" => {
+                self.task.abort();
+                return Ok(());
+            }
+            Err(e) => return Err(e),
+        }
         tokio::time::sleep(s.config.drain_grace).await;
         self.task.abort();
         match s
@@ -221,11 +232,19 @@ impl Shared {
         body: Option<Vec<u8>>,
     ) -> Result<(), RegistrationError> {
         let mut last = String::from("no server tried");
-        for server in &self.config.servers {
-            match self
+        let n = self.config.servers.len();
+        let first = self.preferred.load(Ordering::Relaxed);
+        for k in 0..n {
+            let at = (first + k) % n;
+            let server = &self.config.servers[at];
+            let answer = self
                 .send_to(server, method.clone(), path, body.clone())
-                .await
-            {
+                .await;
+            if answer.is_ok() {
+                // Stick to a server that answers (a dead first one costs a timeout each time).
+                self.preferred.store(at, Ordering::Relaxed);
+            }
+            match answer {
                 Ok(Answer::Ok) => return Ok(()),
                 Ok(Answer::Refused { code, message }) => {
                     return Err(RegistrationError::Refused {
@@ -291,6 +310,11 @@ impl Shared {
                 tracing::error!(instance = %self.id, %message, "the server found this instance dead; heartbeats stop");
                 self.dead.store(true, Ordering::Relaxed);
                 Err(message)
+            }
+            Err(RegistrationError::Refused { code, .. })
+                if code == "unknown_instance" && self.draining.load(Ordering::Relaxed) =>
+            {
+                Ok(()) // leaving anyway
             }
             Err(RegistrationError::Refused { code, .. }) if code == "unknown_instance" => {
                 tracing::warn!(instance = %self.id, "the server no longer knows this instance; registering again");

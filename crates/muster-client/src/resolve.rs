@@ -233,7 +233,7 @@ impl Resolver {
                 return true;
             }
             if tokio::time::timeout_at(deadline, changed).await.is_err() {
-                return false;
+                return self.shared.state().source == Source::Server;
             }
         }
     }
@@ -318,6 +318,8 @@ impl Shared {
                 tracing::warn!(service = %self.service, "an update would leave no endpoint: held back until confirmed");
                 state.held_since = Some(Instant::now());
             }
+            drop(current);
+            self.changed.notify_waiters(); // the source may have changed (ready())
             return;
         }
         state.held_since = None;
@@ -396,11 +398,25 @@ impl Shared {
 /// Writes `cached` to a temporary file beside `path`, syncs it, and renames it over `path`.
 fn write_atomically(path: &std::path::Path, cached: &Cached) -> std::io::Result<()> {
     use std::io::Write;
-    let tmp = path.with_extension("tmp");
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(format!(
+        ".{}.{:x}.tmp",
+        std::process::id(),
+        rand::random::<u32>()
+    ));
+    let tmp = path.with_file_name(name);
     let mut f = std::fs::File::create(&tmp)?;
     f.write_all(&serde_json::to_vec(cached).map_err(std::io::Error::other)?)?;
     f.sync_all()?;
-    std::fs::rename(&tmp, path)
+    if let Err(e) = std::fs::rename(&tmp, path) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
+    // The rename itself is durable once the directory is synced.
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
 }
 
 /// The resolver's task: watch, fail over, refresh, confirm emptiness, keep the cache file.
@@ -419,10 +435,14 @@ async fn run(shared: Arc<Shared>, http: reqwest::Client) {
         if resume.is_none() {
             refresh_at = Instant::now() + config.refresh;
         }
-        let outcome = watch(&shared, &http, base, resume, refresh_at).await;
+        let connected = std::sync::atomic::AtomicBool::new(false);
+        let outcome = watch(&shared, &http, base, resume, refresh_at, &connected).await;
         shared.set_connected(false);
+        if connected.load(std::sync::atomic::Ordering::Relaxed) {
+            failures = 0; // it worked for a while: the next failover starts afresh
+        }
         match outcome {
-            Ok(()) => failures = 0, // refresh due: reconnect at once, same server
+            Ok(()) => {} // refresh due: reconnect at once, same server
             Err(e) => {
                 failures += 1;
                 tracing::warn!(server = base, error = %e, "watch failed; trying the next server");
@@ -447,6 +467,7 @@ async fn watch(
     base: &str,
     resume: Option<u64>,
     refresh_at: Instant,
+    connected: &std::sync::atomic::AtomicBool,
 ) -> Result<(), String> {
     let config = &shared.config;
     let service = form_urlencoded::byte_serialize(shared.service.as_bytes()).collect::<String>();
@@ -467,24 +488,26 @@ async fn watch(
         return Err(format!("{base} answered {}", response.status()));
     }
     shared.set_connected(true);
+    connected.store(true, std::sync::atomic::Ordering::Relaxed);
     let mut body = response.bytes_stream();
     let mut frames = Splitter::default();
     let mut flush_at = Instant::now() + Duration::from_secs(1);
+    let mut idle_at = Instant::now() + config.idle_timeout;
     loop {
         let hold_until = shared.state().held_since.map(|t| t + config.empty_hold);
-        let wake = [Some(refresh_at), Some(flush_at), hold_until]
+        let wake = [Some(refresh_at), Some(flush_at), Some(idle_at), hold_until]
             .into_iter()
             .flatten()
             .min()
             .unwrap_or(refresh_at);
         tokio::select! {
-            chunk = tokio::time::timeout(config.idle_timeout, body.next()) => {
+            chunk = body.next() => {
                 let chunk = match chunk {
-                    Err(_) => return Err(format!("{base} was silent for {:?}", config.idle_timeout)),
-                    Ok(None) => return Err(format!("{base} closed the watch")),
-                    Ok(Some(Err(e))) => return Err(format!("the watch on {base} broke: {e}")),
-                    Ok(Some(Ok(chunk))) => chunk,
+                    None => return Err(format!("{base} closed the watch")),
+                    Some(Err(e)) => return Err(format!("the watch on {base} broke: {e}")),
+                    Some(Ok(chunk)) => chunk,
                 };
+                idle_at = Instant::now() + config.idle_timeout;
                 frames.push(&chunk)?;
                 while let Some(frame) = frames.next_frame() {
                     let event: WatchEvent = serde_json::from_str(&frame.data)
@@ -494,6 +517,8 @@ async fn watch(
                         WatchEvent::Upsert { index, instance, .. } => shared.apply_change(index, instance, false),
                         WatchEvent::Delete { index, instance, .. } => shared.apply_change(index, instance, true),
                         WatchEvent::Compacted { .. } => shared.state().accept_older = true,
+                        // A kind this client does not know (a newer server): skipped.
+                        _ => {}
                     }
                 }
             }
@@ -501,6 +526,9 @@ async fn watch(
                 let now = Instant::now();
                 if now >= refresh_at {
                     return Ok(());
+                }
+                if now >= idle_at {
+                    return Err(format!("{base} was silent for {:?}", config.idle_timeout));
                 }
                 if now >= flush_at {
                     shared.flush().await;

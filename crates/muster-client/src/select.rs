@@ -215,24 +215,38 @@ impl Endpoint {
             return Acquired::No;
         }
         let (ok, changed) = h.breaker.try_acquire(now, &config.breaker);
+        let probe = ok && h.breaker.state() == BreakerState::HalfOpen;
         if h.breaker.state() == BreakerState::Closed {
             // The ejection is over and the breaker closed: back on the fast path.
             self.state.blocked.store(false, Ordering::Release);
-            return Acquired::Unblocked;
         }
         drop(h);
         if let Some(to) = changed {
             config.breaker_changed(&self.instance, to);
         }
-        if ok { Acquired::Yes } else { Acquired::No }
+        match (ok, probe) {
+            (true, true) => Acquired::Probe,
+            (true, false) => Acquired::Yes,
+            (false, _) => Acquired::No,
+        }
+    }
+
+    /// Whether it is available at `now`, without taking anything (an open breaker whose time
+    /// is up counts as available: its probe is due).
+    fn is_available(&self, now: Instant, config: &ViewConfig) -> bool {
+        if !self.state.blocked.load(Ordering::Acquire) {
+            return true;
+        }
+        let h = self.health();
+        !h.ejection.is_ejected(now) && h.breaker.would_allow(now, &config.breaker)
     }
 }
 
 enum Acquired {
     Yes,
+    /// Yes, as a half-open breaker's probe.
+    Probe,
     No,
-    /// Yes, and it is no longer blocked.
-    Unblocked,
 }
 
 /// One tier's endpoints and picker tables.
@@ -248,6 +262,8 @@ struct Tier {
     by_address: Arc<Vec<(u128, u32)>>,
     /// The members and their ring weights, order-independent (a ring is reused while it stays).
     fingerprint: u128,
+    /// Endpoints available at the last count ([`View::recount`]).
+    available: AtomicUsize,
 }
 
 /// Ring points looked at past a key's endpoint before falling back to a scan.
@@ -273,6 +289,7 @@ impl Tier {
             ring: None,
             by_address: Arc::default(),
             fingerprint: 0,
+            available: AtomicUsize::new(0),
             endpoints,
         };
         if policy == Policy::ConsistentHash && tier.endpoints.len() <= MAX_RING_ENDPOINTS {
@@ -282,7 +299,7 @@ impl Tier {
                 .iter()
                 .zip(&weights)
                 .fold(0u128, |acc, (e, w)| {
-                    acc.wrapping_add(e.ring_hash.wrapping_mul(u128::from(*w) | 1))
+                    acc.wrapping_add(e.ring_hash.wrapping_mul(2 * u128::from(*w) + 1))
                 });
             // The same members (and weights): the ring serves again; in the same order (the
             // resolver keeps endpoints sorted by id), so does the address index.
@@ -411,10 +428,14 @@ fn id_hash(id: &str) -> u128 {
 pub struct View {
     tiers: Vec<Tier>,
     len: usize,
-    /// Endpoints currently blocked (breaker not closed, or ejected), as far as this view saw.
-    blocked: AtomicUsize,
+    /// Picks so far: every [`RECOUNT_EVERY`] picks the tiers' available endpoints are counted
+    /// again (that count decides panic mode; each pick still checks its own endpoint).
+    picks: AtomicU64,
     config: Arc<ViewConfig>,
 }
+
+/// Picks between two counts of available endpoints.
+const RECOUNT_EVERY: u64 = 256;
 
 /// A picked endpoint. Report the call's outcome with [`Pick::report`]; dropping it without a
 /// report counts the call as cancelled (only the in-flight count changes).
@@ -424,6 +445,8 @@ pub struct Pick<'a> {
     endpoint: &'a Endpoint,
     /// When it was picked (least-request only: its latency feeds the choice).
     started: Option<Instant>,
+    /// It took a half-open breaker's probe slot.
+    probe: bool,
     reported: bool,
 }
 
@@ -438,7 +461,14 @@ impl std::fmt::Debug for View {
                     .map(|t| t.endpoints.len())
                     .collect::<Vec<_>>(),
             )
-            .field("blocked", &self.blocked.load(Ordering::Relaxed))
+            .field(
+                "available",
+                &self
+                    .tiers
+                    .iter()
+                    .map(|t| t.available.load(Ordering::Relaxed))
+                    .collect::<Vec<_>>(),
+            )
             .field("policy", &self.config.policy)
             .finish()
     }
@@ -479,28 +509,38 @@ impl View {
             };
             tiers[tier].push(e);
         }
-        let now = Instant::now();
-        let blocked = tiers
-            .iter()
-            .flatten()
-            .filter(|e| {
-                e.state.blocked.load(Ordering::Acquire) && {
-                    let h = e.health();
-                    h.ejection.is_ejected(now) || !h.breaker.would_allow(now, &config.breaker)
-                }
-            })
-            .count();
         let len = tiers.iter().map(Vec::len).sum();
-        View {
+        let view = View {
             tiers: tiers
                 .into_iter()
                 .filter(|t| !t.is_empty())
                 .map(|t| Tier::new(t, config.policy, previous))
                 .collect(),
             len,
-            blocked: AtomicUsize::new(blocked),
+            picks: AtomicU64::new(0),
             config,
+        };
+        view.recount(Instant::now());
+        view
+    }
+
+    /// Counts each tier's available endpoints at `now`.
+    fn recount(&self, now: Instant) {
+        for t in &self.tiers {
+            let n = t
+                .endpoints
+                .iter()
+                .filter(|e| e.is_available(now, &self.config))
+                .count();
+            t.available.store(n, Ordering::Relaxed);
         }
+    }
+
+    /// Whether `tier` has so few available endpoints that availability is ignored in it.
+    fn tier_panicking(&self, tier: &Tier) -> bool {
+        let n = tier.endpoints.len();
+        (tier.available.load(Ordering::Relaxed) as f64)
+            < self.config.ejection.panic_threshold * n as f64
     }
 
     /// Endpoints in the view.
@@ -518,12 +558,18 @@ impl View {
         self.tiers.iter().flat_map(|t| t.endpoints.iter())
     }
 
-    /// Whether so few endpoints are available that availability is ignored.
+    /// Whether the tier picks would go to now is panicking: the first tier with an available
+    /// endpoint, as last counted, has fewer than `panic_threshold` of its endpoints available
+    /// (or no tier has any).
     pub fn panicking(&self) -> bool {
-        let blocked = self.blocked.load(Ordering::Relaxed).min(self.len);
-        self.len > 0
-            && ((self.len - blocked) as f64)
-                < self.config.ejection.panic_threshold * self.len as f64
+        match self
+            .tiers
+            .iter()
+            .find(|t| t.available.load(Ordering::Relaxed) > 0)
+        {
+            Some(t) => self.tier_panicking(t),
+            None => !self.tiers.is_empty(),
+        }
     }
 
     /// Picks an endpoint (`key` for consistent hashing); `None` only when the view is empty.
@@ -543,52 +589,80 @@ impl View {
     }
 
     fn pick_inner(&self, key: Option<&[u8]>, r1: u64, r2: u64, now: &Now) -> Option<Pick<'_>> {
-        if !self.panicking() {
-            for tier in &self.tiers {
-                if let Some(i) = self.pick_in(tier, key, r1, r2, now, true) {
-                    return Some(self.started(&tier.endpoints[i], now));
-                }
+        if self.picks.fetch_add(1, Ordering::Relaxed) % RECOUNT_EVERY == RECOUNT_EVERY - 1 {
+            self.recount(now.get());
+        }
+        // The nearest tier with an available endpoint; in it, availability is checked per
+        // pick unless too few are available (panic mode: all of the tier is used).
+        for tier in &self.tiers {
+            if tier.available.load(Ordering::Relaxed) == 0 {
+                continue;
+            }
+            if self.tier_panicking(tier) {
+                return self.panic_pick(tier, key, r1, r2, now);
+            }
+            if let Some((i, probe)) = self.pick_in(tier, key, r1, r2, now, true) {
+                return Some(self.started(&tier.endpoints[i], now, probe));
             }
         }
-        // Panic mode, or nothing available anywhere: the nearest tier, availability ignored.
-        let tier = self.tiers.first()?;
+        // None as last counted: the count may be stale (breakers whose time is up).
+        for tier in self
+            .tiers
+            .iter()
+            .filter(|t| t.available.load(Ordering::Relaxed) == 0)
+        {
+            if let Some((i, probe)) = self.pick_in(tier, key, r1, r2, now, true) {
+                return Some(self.started(&tier.endpoints[i], now, probe));
+            }
+        }
+        // Nothing available anywhere: the nearest tier, availability ignored.
+        self.panic_pick(self.tiers.first()?, key, r1, r2, now)
+    }
+
+    fn panic_pick<'a>(
+        &'a self,
+        tier: &'a Tier,
+        key: Option<&[u8]>,
+        r1: u64,
+        r2: u64,
+        now: &Now,
+    ) -> Option<Pick<'a>> {
         if let Some(m) = &self.config.metrics {
             m.panic_picks.inc();
         }
-        let i = self.pick_in(tier, key, r1, r2, now, false)?;
-        Some(self.started(&tier.endpoints[i], now))
+        let (i, _) = self.pick_in(tier, key, r1, r2, now, false)?;
+        Some(self.started(&tier.endpoints[i], now, false))
     }
 
-    fn started<'a>(&'a self, endpoint: &'a Endpoint, now: &Now) -> Pick<'a> {
+    fn started<'a>(&'a self, endpoint: &'a Endpoint, now: &Now, probe: bool) -> Pick<'a> {
         endpoint.state.in_flight.fetch_add(1, Ordering::Relaxed);
         Pick {
             view: self,
             endpoint,
             started: (self.config.policy == Policy::LeastRequest).then(|| now.get()),
+            probe,
             reported: false,
         }
     }
 
-    /// Whether `e` may take a call (always, when `check` is off).
-    fn available(&self, e: &Endpoint, now: &Now, check: bool) -> bool {
-        if !check {
-            return true;
-        }
-        if !e.state.blocked.load(Ordering::Acquire) {
-            return true;
+    /// Whether `e` may take a call, and whether as a probe (always, not as a probe, when
+    /// `check` is off).
+    fn available(&self, e: &Endpoint, now: &Now, check: bool) -> Option<bool> {
+        if !check || !e.state.blocked.load(Ordering::Acquire) {
+            return Some(false);
         }
         match e.try_acquire(now.get(), &self.config) {
-            Acquired::Yes => true,
-            Acquired::Unblocked => {
-                let _ = self
-                    .blocked
-                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| {
-                        Some(b.saturating_sub(1))
-                    });
-                true
-            }
-            Acquired::No => false,
+            Acquired::Yes => Some(false),
+            Acquired::Probe => Some(true),
+            Acquired::No => None,
         }
+    }
+
+    /// Endpoints of the view ejected at `now`.
+    fn ejected(&self, now: Instant) -> usize {
+        self.endpoints()
+            .filter(|e| e.state.blocked.load(Ordering::Acquire) && e.is_ejected(now))
+            .count()
     }
 
     fn pick_in(
@@ -599,7 +673,7 @@ impl View {
         r2: u64,
         now: &Now,
         check: bool,
-    ) -> Option<usize> {
+    ) -> Option<(usize, bool)> {
         let n = tier.endpoints.len();
         if n == 0 {
             return None;
@@ -616,8 +690,8 @@ impl View {
                     .take(RING_STEPS)
                     .filter_map(|addr| tier.at_address(addr))
                 {
-                    if ok(i) {
-                        return Some(i);
+                    if let Some(probe) = ok(i) {
+                        return Some((i, probe));
                     }
                     owner.get_or_insert(i);
                 }
@@ -642,21 +716,23 @@ impl View {
                     tier.endpoints[b].cost(default_rtt),
                 );
                 let (best, other) = if ca <= cb { (a, b) } else { (b, a) };
-                if ok(best) {
-                    return Some(best);
+                if let Some(probe) = ok(best) {
+                    return Some((best, probe));
                 }
-                if ok(other) {
-                    return Some(other);
+                if let Some(probe) = ok(other) {
+                    return Some((other, probe));
                 }
                 best
             }
             _ => tier.by_weight(r1),
         };
-        if ok(first) {
-            return Some(first);
+        if let Some(probe) = ok(first) {
+            return Some((first, probe));
         }
         // Taken: the next available one, from where the first draw fell.
-        (1..n).map(|k| (first + k) % n).find(|i| ok(*i))
+        (1..n)
+            .map(|k| (first + k) % n)
+            .find_map(|i| ok(i).map(|probe| (i, probe)))
     }
 }
 
@@ -701,13 +777,19 @@ impl Pick<'_> {
                 .ewma_ns
                 .store((ewma as u64).max(1), Ordering::Relaxed);
         }
-        let mut h = e.health();
-        let was_blocked = e.state.blocked.load(Ordering::Acquire);
-        let may_eject = {
-            let ejected_now = view.blocked.load(Ordering::Relaxed);
-            ((ejected_now + 1) as f64) <= config.ejection.max_ejected_share * view.len as f64
+        // Room for one more ejection? Counted (a scan) only when this report would eject.
+        let would_eject = e
+            .health()
+            .ejection
+            .would_eject(success, now, &config.ejection);
+        let may_eject = would_eject && {
+            let allowed = (config.ejection.max_ejected_share * view.len as f64).max(1.0);
+            (view.ejected(now) as f64) < allowed
         };
-        let changed = h.breaker.record(success, now, &config.breaker);
+        let mut h = e.health();
+        let changed = h
+            .breaker
+            .record_call(success, self.probe, now, &config.breaker);
         let ejected = h.ejection.record(success, now, may_eject, &config.ejection);
         let blocked = h.breaker.state() != BreakerState::Closed || h.ejection.is_ejected(now);
         e.state.blocked.store(blocked, Ordering::Release);
@@ -720,18 +802,9 @@ impl Pick<'_> {
         {
             m.ejections.inc();
         }
-        match (was_blocked, blocked) {
-            (false, true) => {
-                view.blocked.fetch_add(1, Ordering::Relaxed);
-            }
-            (true, false) => {
-                let _ = view
-                    .blocked
-                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| {
-                        Some(b.saturating_sub(1))
-                    });
-            }
-            _ => {}
+        if blocked {
+            // Panic mode is decided on counts: bring them up to date at once.
+            view.recount(now);
         }
         changed
     }
@@ -742,8 +815,8 @@ impl Drop for Pick<'_> {
         if !self.reported {
             let state = &self.endpoint.state;
             state.in_flight.fetch_sub(1, Ordering::Relaxed);
-            if state.blocked.load(Ordering::Acquire) {
-                // It may hold a half-open probe slot: give it back.
+            if self.probe {
+                // It held a half-open probe slot: give it back.
                 self.endpoint.health().breaker.cancel();
             }
         }

@@ -180,4 +180,8 @@ pub enum WatchEvent {
         /// Oldest index from which history is still available.
         oldest: u64,
     },
+    /// An event kind this build does not know (sent by a newer server): clients skip it.
+    /// Never sent.
+    #[serde(other)]
+    Unknown,
 }

@@ -161,3 +161,39 @@ async fn an_empty_view_is_no_endpoint() {
     .await;
     assert!(matches!(got, Err(CallError::NoEndpoint)));
 }
+
+#[tokio::test(start_paused = true)]
+async fn the_callers_own_deadline_is_not_held_against_the_endpoint() {
+    let config = ViewConfig {
+        breaker: BreakerConfig {
+            consecutive_failures: 1,
+            ..BreakerConfig::default()
+        },
+        ..ViewConfig::default()
+    };
+    let v = Arc::new(View::new(
+        [Endpoint::new(instance("slowish", "a1", 100, ""))],
+        Arc::new(config),
+    ));
+    let p = CallPolicy {
+        overall_timeout: Duration::from_millis(150),
+        ..policy()
+    };
+    for _ in 0..4 {
+        let got: Result<(), CallError<&str>> = call(
+            &v,
+            &p,
+            None,
+            |_| async {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                Ok(())
+            },
+            |_| None,
+        )
+        .await;
+        assert!(matches!(got, Err(CallError::Timeout)));
+    }
+    let e = v.endpoints().next().unwrap();
+    assert_eq!(e.breaker_state(), crate::BreakerState::Closed);
+    assert_eq!(e.in_flight(), 0);
+}

@@ -154,3 +154,57 @@ fn bad_configurations_are_refused() {
         ));
     });
 }
+
+#[test]
+fn a_silent_watch_is_given_up_after_the_idle_timeout() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        // Answers the watch with headers, then says nothing more.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let counted = accepted.clone();
+        let server = tokio::spawn(async move {
+            while let Ok((mut sock, _)) = listener.accept().await {
+                counted.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 1024];
+                    let _ = sock.read(&mut buf).await;
+                    let head = "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n";
+                    let _ = sock.write_all(head.as_bytes()).await;
+                    tokio::time::sleep(Duration::from_secs(60)).await;
+                });
+            }
+        });
+        let r = Resolver::start(
+            "inventory-api",
+            ResolverConfig {
+                servers: vec![format!("http://{addr}")],
+                // Longer than the resolver's 1 s cache-flush tick, which must not reset it.
+                idle_timeout: Duration::from_millis(1_200),
+                backoff: Backoff {
+                    base: Duration::from_millis(10),
+                    max: Duration::from_millis(10),
+                },
+                ..ResolverConfig::default()
+            },
+        )
+        .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while accepted.load(Ordering::SeqCst) < 2 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(
+            accepted.load(Ordering::SeqCst) >= 2,
+            "the silent watch was given up and tried again"
+        );
+        drop(r);
+        server.abort();
+    });
+}

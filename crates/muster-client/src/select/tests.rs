@@ -170,7 +170,7 @@ fn failing(v: &View, id: &str, times: usize) {
         .find(|e| e.instance().spec.instance_id == id)
         .expect("endpoint");
     for _ in 0..times {
-        v.started(e, &Now(Cell::new(Some(now))))
+        v.started(e, &Now(Cell::new(Some(now))), false)
             .report_at(false, now);
     }
 }
@@ -317,7 +317,13 @@ fn least_request_avoids_the_busier_endpoint() {
     );
     let now = Instant::now();
     let busy: Vec<_> = (0..5)
-        .map(|_| v.started(v.endpoints().next().unwrap(), &Now(Cell::new(Some(now)))))
+        .map(|_| {
+            v.started(
+                v.endpoints().next().unwrap(),
+                &Now(Cell::new(Some(now))),
+                false,
+            )
+        })
         .collect();
     let got = counts(&v, 100, 11, |_| None);
     assert_eq!(got.get("i2"), Some(&100), "{got:?}");
@@ -457,7 +463,7 @@ proptest! {
             failing(&v, id, 1);
         }
         let available = n - broken.len();
-        let panic = (available as f64) < threshold * n as f64;
+        let panic = available == 0 || (available as f64) < threshold * n as f64;
         prop_assert_eq!(v.panicking(), panic);
         let got = counts(&v, 300, seed, |i| Some(format!("key-{i}").into_bytes()));
         let picked_broken = broken.iter().any(|id| got.contains_key(id));
@@ -468,4 +474,106 @@ proptest! {
             prop_assert_eq!(got.values().sum::<usize>(), 300, "nothing available: everything is used");
         }
     }
+}
+
+fn breaking(threshold: f64) -> ViewConfig {
+    ViewConfig {
+        breaker: BreakerConfig {
+            consecutive_failures: 1,
+            open_for: Duration::from_secs(1),
+            half_open_probes: 1,
+            ..BreakerConfig::default()
+        },
+        ejection: EjectionConfig {
+            consecutive_failures: 0,
+            panic_threshold: threshold,
+            ..EjectionConfig::default()
+        },
+        ..ViewConfig::default()
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn panic_mode_ends_when_the_breakers_time_out() {
+    let eps = endpoints(&[
+        ("i1", "a1", 100),
+        ("i2", "a1", 100),
+        ("i3", "a1", 100),
+        ("i4", "a1", 100),
+    ]);
+    let v = view(&eps, breaking(0.5));
+    for id in ["i1", "i2", "i3"] {
+        failing(&v, id, 1);
+    }
+    assert!(v.panicking());
+    tokio::time::advance(Duration::from_secs(2)).await;
+    // Successful calls (probes through the expired breakers among them) end the panic.
+    for _ in 0..(RECOUNT_EVERY as usize * 2) {
+        v.pick(None).expect("pick").report(true);
+    }
+    assert!(!v.panicking());
+    assert!(
+        v.endpoints()
+            .all(|e| e.breaker_state() == BreakerState::Closed)
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_broken_zone_spills_to_the_next_tier_not_into_panic() {
+    let eps = endpoints(&[
+        ("a-1", "a1", 100),
+        ("a-2", "a1", 100),
+        ("a-3", "a1", 100),
+        ("b-1", "a2", 100),
+        ("b-2", "a2", 100),
+    ]);
+    let config = ViewConfig {
+        locality: Locality {
+            zone: "a1".into(),
+            region: "a".into(),
+            cross_region: false,
+        },
+        breaker: BreakerConfig {
+            open_for: Duration::from_secs(3_600),
+            ..breaking(0.5).breaker
+        },
+        ..breaking(0.5)
+    };
+    let v = view(&eps, config);
+    for id in ["a-1", "a-2", "a-3"] {
+        failing(&v, id, 1);
+    }
+    let got = counts(&v, 1_000, 12, |_| None);
+    assert_eq!(got.len(), 2, "{got:?}");
+    assert!(
+        got.contains_key("b-1") && got.contains_key("b-2"),
+        "{got:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn only_the_probe_decides_a_half_open_round() {
+    let eps = endpoints(&[("i1", "a1", 100), ("i2", "a1", 100)]);
+    let v = view(&eps, breaking(0.0));
+    let now = Instant::now();
+    let i1 = v
+        .endpoints()
+        .find(|e| e.instance().spec.instance_id == "i1")
+        .unwrap();
+    // A call picked while all was well, still out when the breaker opens...
+    let slow = v.started(i1, &Now(Cell::new(Some(now))), false);
+    failing(&v, "i1", 1);
+    tokio::time::advance(Duration::from_secs(1)).await;
+    let now = Instant::now();
+    // ...the real probe goes out...
+    let probe = loop {
+        let p = v.pick_with(None, fast_random(), 0, now).expect("pick");
+        if p.instance().spec.instance_id == "i1" {
+            break p;
+        }
+    };
+    // ...the old call's success does not close it, nor does its drop free a probe slot.
+    assert_eq!(slow.report_at(true, now), None);
+    assert_eq!(i1.breaker_state(), BreakerState::HalfOpen);
+    assert_eq!(probe.report_at(true, now), Some(BreakerState::Closed));
 }

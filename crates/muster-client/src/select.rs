@@ -32,8 +32,9 @@ pub enum Policy {
     /// share, spread evenly (a golden-ratio sequence over the weights: no table to build, no
     /// lock to take).
     RoundRobin,
-    /// Power of two choices by weight, the one with the lower peak-EWMA latency × (requests in
-    /// flight + 1) wins (Finagle's and Linkerd's balancer).
+    /// Power of two choices: of two endpoints drawn at random, the one with the lower
+    /// peak-EWMA latency × (requests in flight + 1) per unit of weight wins (Finagle's and
+    /// Linkerd's balancer, weighted as Envoy's least-request).
     LeastRequest,
     /// Ketama consistent hashing of the pick's key; without a key, weighted random. An
     /// unavailable endpoint hands its keys to the next ones on the ring.
@@ -428,14 +429,17 @@ fn id_hash(id: &str) -> u128 {
 pub struct View {
     tiers: Vec<Tier>,
     len: usize,
-    /// Picks so far: every [`RECOUNT_EVERY`] picks the tiers' available endpoints are counted
-    /// again (that count decides panic mode; each pick still checks its own endpoint).
-    picks: AtomicU64,
     config: Arc<ViewConfig>,
 }
 
-/// Picks between two counts of available endpoints.
-const RECOUNT_EVERY: u64 = 256;
+/// About one pick in this many counts the tiers' available endpoints again (that count decides
+/// panic mode; each pick still checks its own endpoint). A thread-local count, so picks on
+/// many threads do not contend on it.
+const RECOUNT_EVERY: u32 = 512;
+
+thread_local! {
+    static PICKS: Cell<u32> = const { Cell::new(0) };
+}
 
 /// A picked endpoint. Report the call's outcome with [`Pick::report`]; dropping it without a
 /// report counts the call as cancelled (only the in-flight count changes).
@@ -517,7 +521,6 @@ impl View {
                 .map(|t| Tier::new(t, config.policy, previous))
                 .collect(),
             len,
-            picks: AtomicU64::new(0),
             config,
         };
         view.recount(Instant::now());
@@ -589,7 +592,12 @@ impl View {
     }
 
     fn pick_inner(&self, key: Option<&[u8]>, r1: u64, r2: u64, now: &Now) -> Option<Pick<'_>> {
-        if self.picks.fetch_add(1, Ordering::Relaxed) % RECOUNT_EVERY == RECOUNT_EVERY - 1 {
+        let due = PICKS.with(|p| {
+            let n = p.get().wrapping_add(1);
+            p.set(n);
+            n % RECOUNT_EVERY == 0
+        });
+        if due {
             self.recount(now.get());
         }
         // The nearest tier with an available endpoint; in it, availability is checked per
@@ -704,17 +712,15 @@ impl View {
                 tier.by_weight(((u128::from(x) * u128::from(tier.total())) >> 64) as u64)
             }
             (Policy::LeastRequest, _, _) if n > 1 => {
-                let a = tier.by_weight(r1);
-                let mut b = tier.by_weight(r2);
-                if a == b {
-                    b = (a + 1 + (r2 >> 32) as usize % (n - 1)) % n;
-                }
+                // Two distinct endpoints drawn uniformly; the lower cost per unit of weight
+                // wins (so heavier endpoints carry proportionally more load).
+                let a = ((u128::from(r1) * n as u128) >> 64) as usize;
+                let b = (a + 1 + ((u128::from(r2) * (n as u128 - 1)) >> 64) as usize) % n;
                 let default_rtt =
                     u64::try_from(self.config.default_rtt.as_nanos()).unwrap_or(u64::MAX);
-                let (ca, cb) = (
-                    tier.endpoints[a].cost(default_rtt),
-                    tier.endpoints[b].cost(default_rtt),
-                );
+                let (ea, eb) = (&tier.endpoints[a], &tier.endpoints[b]);
+                let ca = u128::from(ea.cost(default_rtt)) * u128::from(eb.instance.spec.weight);
+                let cb = u128::from(eb.cost(default_rtt)) * u128::from(ea.instance.spec.weight);
                 let (best, other) = if ca <= cb { (a, b) } else { (b, a) };
                 if let Some(probe) = ok(best) {
                     return Some((best, probe));

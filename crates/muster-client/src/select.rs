@@ -561,18 +561,14 @@ impl View {
         self.tiers.iter().flat_map(|t| t.endpoints.iter())
     }
 
-    /// Whether the tier picks would go to now is panicking: the first tier with an available
-    /// endpoint, as last counted, has fewer than `panic_threshold` of its endpoints available
-    /// (or no tier has any).
+    /// Whether picks would go to a panicking tier now: no tier with an available endpoint has
+    /// at least `panic_threshold` of its endpoints available (as last counted).
     pub fn panicking(&self) -> bool {
-        match self
-            .tiers
-            .iter()
-            .find(|t| t.available.load(Ordering::Relaxed) > 0)
-        {
-            Some(t) => self.tier_panicking(t),
-            None => !self.tiers.is_empty(),
-        }
+        !self.tiers.is_empty()
+            && !self
+                .tiers
+                .iter()
+                .any(|t| t.available.load(Ordering::Relaxed) > 0 && !self.tier_panicking(t))
     }
 
     /// Picks an endpoint (`key` for consistent hashing); `None` only when the view is empty.
@@ -600,18 +596,24 @@ impl View {
         if due {
             self.recount(now.get());
         }
-        // The nearest tier with an available endpoint; in it, availability is checked per
-        // pick unless too few are available (panic mode: all of the tier is used).
+        // The nearest tier with enough available endpoints; availability is checked per pick.
+        // A tier with too few (under `panic_threshold`) is passed over for a healthier one
+        // further away; if there is none, the nearest such tier is used whole (panic mode).
+        let mut degraded = None;
         for tier in &self.tiers {
             if tier.available.load(Ordering::Relaxed) == 0 {
                 continue;
             }
             if self.tier_panicking(tier) {
-                return self.panic_pick(tier, key, r1, r2, now);
+                degraded.get_or_insert(tier);
+                continue;
             }
             if let Some((i, probe)) = self.pick_in(tier, key, r1, r2, now, true) {
                 return Some(self.started(&tier.endpoints[i], now, probe));
             }
+        }
+        if let Some(tier) = degraded {
+            return self.panic_pick(tier, key, r1, r2, now);
         }
         // None as last counted: the count may be stale (breakers whose time is up).
         for tier in self

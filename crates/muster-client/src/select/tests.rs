@@ -577,3 +577,40 @@ async fn only_the_probe_decides_a_half_open_round() {
     assert_eq!(i1.breaker_state(), BreakerState::HalfOpen);
     assert_eq!(probe.report_at(true, now), Some(BreakerState::Closed));
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_degraded_zone_spills_to_a_healthy_one_before_panicking() {
+    let eps = endpoints(&[
+        ("a-1", "a1", 100),
+        ("a-2", "a1", 100),
+        ("a-3", "a1", 100),
+        ("b-1", "a2", 100),
+    ]);
+    let config = ViewConfig {
+        locality: Locality {
+            zone: "a1".into(),
+            region: "a".into(),
+            cross_region: false,
+        },
+        breaker: BreakerConfig {
+            open_for: Duration::from_secs(3_600),
+            ..breaking(0.5).breaker
+        },
+        ..breaking(0.5)
+    };
+    let v = view(&eps, config);
+    // One of three left in the zone (33% < 50%): the healthy neighbour zone takes the calls.
+    failing(&v, "a-1", 1);
+    failing(&v, "a-2", 1);
+    assert!(!v.panicking());
+    let got = counts(&v, 500, 13, |_| None);
+    assert_eq!(got.get("b-1"), Some(&500), "{got:?}");
+    // The neighbour goes too: panic in the nearest degraded tier, all of it used.
+    failing(&v, "b-1", 1);
+    assert!(v.panicking());
+    let got = counts(&v, 500, 14, |_| None);
+    assert!(
+        got.contains_key("a-1") && got.contains_key("a-3"),
+        "{got:?}"
+    );
+}

@@ -5,6 +5,7 @@
 
 mod error;
 mod extract;
+mod grpc;
 mod internal;
 mod watch;
 
@@ -85,6 +86,11 @@ pub fn router(state: Arc<AppState>, max_body_bytes: usize) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .merge(internal::routes())
+        // gRPC (HTTP/2, prior knowledge) on the same port.
+        .route_service(
+            "/muster.v1.Registry/{*method}",
+            grpc::service(state.clone()),
+        )
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(state.clone(), observe))
@@ -179,6 +185,22 @@ fn consistency_headers(app: &AppState, headers: &mut HeaderMap, index: u64) {
 
 async fn register(State(app): AppRef, body: Result<Bytes, BytesRejection>) -> ApiResult {
     let req: RegisterRequest = extract::json(body, false)?;
+    let (created, instance, index) = do_register(&app, req).await?;
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    let mut resp = json_response(status, &RegisterResponse { instance, index });
+    consistency_headers(&app, resp.headers_mut(), index);
+    Ok(resp)
+}
+
+/// Registers (the HTTP and gRPC APIs): whether it was created, the instance, the index.
+async fn do_register(
+    app: &AppState,
+    req: RegisterRequest,
+) -> Result<(bool, Arc<Instance>, u64), ApiError> {
     let (spec, want_healthy) = req.validate()?;
     // A registration over a lapsed lease must void the expiry that may already be in flight.
     // The leader decides (a follower's table is not renewed); a forwarded command is
@@ -197,20 +219,7 @@ async fn register(State(app): AppRef, body: Result<Bytes, BytesRejection>) -> Ap
             if created {
                 app.metrics.registrations.inc();
             }
-            let status = if created {
-                StatusCode::CREATED
-            } else {
-                StatusCode::OK
-            };
-            let mut resp = json_response(
-                status,
-                &RegisterResponse {
-                    instance,
-                    index: proposed.index,
-                },
-            );
-            consistency_headers(&app, resp.headers_mut(), proposed.index);
-            Ok(resp)
+            Ok((created, instance, proposed.index))
         }
         other => Err(unexpected(&other)),
     }
@@ -273,6 +282,15 @@ async fn get_instance(
 
 async fn deregister(State(app): AppRef, id: Result<Path<String>, PathRejection>) -> ApiResult {
     let id = path_id(id)?;
+    let (instance, index) = do_deregister(&app, id).await?;
+    Ok(json_response(
+        StatusCode::OK,
+        &RegisterResponse { instance, index },
+    ))
+}
+
+/// Deregisters (the HTTP and gRPC APIs): the instance as it was dropped, the index.
+async fn do_deregister(app: &AppState, id: String) -> Result<(Arc<Instance>, u64), ApiError> {
     let proposed = app
         .raft
         .propose(Command::Deregister {
@@ -283,13 +301,7 @@ async fn deregister(State(app): AppRef, id: Result<Path<String>, PathRejection>)
     match proposed.outcome? {
         Applied::Removed { instance } => {
             app.metrics.deregistrations.inc();
-            Ok(json_response(
-                StatusCode::OK,
-                &RegisterResponse {
-                    instance,
-                    index: proposed.index,
-                },
-            ))
+            Ok((instance, proposed.index))
         }
         other => Err(unexpected(&other)),
     }
@@ -465,6 +477,19 @@ async fn set_status(
 ) -> ApiResult {
     let id = path_id(id)?;
     let req: StatusRequest = extract::json(body, false)?;
+    let (instance, index) = do_set_status(&app, id, req).await?;
+    Ok(json_response(
+        StatusCode::OK,
+        &RegisterResponse { instance, index },
+    ))
+}
+
+/// DRAINING or HEALTHY (the HTTP and gRPC APIs): the instance after, the index.
+async fn do_set_status(
+    app: &AppState,
+    id: String,
+    req: StatusRequest,
+) -> Result<(Arc<Instance>, u64), ApiError> {
     let text = req.status.ok_or_else(|| {
         ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -506,13 +531,7 @@ async fn set_status(
         })
         .await?;
     match proposed.outcome? {
-        Applied::Updated { instance } => Ok(json_response(
-            StatusCode::OK,
-            &RegisterResponse {
-                instance,
-                index: proposed.index,
-            },
-        )),
+        Applied::Updated { instance } => Ok((instance, proposed.index)),
         other => Err(unexpected(&other)),
     }
 }

@@ -24,7 +24,8 @@ use crate::hub::{Cursor, sse_frame};
 /// Comment sent when nothing else was for this long, so proxies keep the stream open.
 const KEEPALIVE: Duration = Duration::from_secs(15);
 
-struct Watcher {
+/// One watch: its cursors and the frames ready to send.
+pub(super) struct Watcher {
     app: Arc<AppState>,
     cursors: Vec<Cursor>,
     pending: VecDeque<Bytes>,
@@ -37,7 +38,8 @@ impl Drop for Watcher {
 }
 
 impl Watcher {
-    async fn next_frame(&mut self) -> Option<Bytes> {
+    /// The next SSE frame (`: keepalive` after 15 s of nothing); `None` when the hub closed.
+    pub(super) async fn next_frame(&mut self) -> Option<Bytes> {
         loop {
             if let Some(frame) = self.pending.pop_front() {
                 return Some(frame);
@@ -75,6 +77,42 @@ pub(super) async fn watch(
         .filter(|(k, _)| k == "service")
         .map(|(_, v)| v.as_str())
         .collect();
+    let mut index = extract::u64_param(&pairs, "index")?;
+    if index.is_none()
+        && let Some(last) = headers.get("last-event-id")
+    {
+        let text = last.to_str().unwrap_or("");
+        index = Some(text.parse().map_err(|_| {
+            ApiError::bad_param(
+                "Last-Event-ID",
+                format!("Last-Event-ID must be an index, got {text:?}"),
+            )
+        })?);
+    }
+    let w = open(&app, &mut services, index)?;
+    let body = Body::from_stream(stream::unfold(w, |mut w| async move {
+        w.next_frame()
+            .await
+            .map(|f| (Ok::<_, std::convert::Infallible>(f), w))
+    }));
+    let mut resp = (StatusCode::OK, body).into_response();
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    Ok(resp)
+}
+
+/// Opens a watch of `services` (1–64 valid names; sorted and deduplicated here), from `index`
+/// or with snapshots (the HTTP and gRPC APIs).
+pub(super) fn open(
+    app: &Arc<AppState>,
+    services: &mut Vec<&str>,
+    index: Option<u64>,
+) -> Result<Watcher, ApiError> {
     services.sort_unstable();
     services.dedup();
     if services.is_empty() {
@@ -92,28 +130,16 @@ pub(super) async fn watch(
             ),
         ));
     }
-    for s in &services {
+    for s in services.iter() {
         muster_core::model::validate_service(s, "service")
             .map_err(|e| ApiError::bad_param("service", e.message))?;
-    }
-    let mut index = extract::u64_param(&pairs, "index")?;
-    if index.is_none()
-        && let Some(last) = headers.get("last-event-id")
-    {
-        let text = last.to_str().unwrap_or("");
-        index = Some(text.parse().map_err(|_| {
-            ApiError::bad_param(
-                "Last-Event-ID",
-                format!("Last-Event-ID must be an index, got {text:?}"),
-            )
-        })?);
     }
     // An index from beyond this registry's history (a wiped or restored data directory, or
     // another cluster) cannot be resumed from: start over like a compacted resume.
     let requested = index;
     let index = requested.filter(|i| *i <= app.hub.registry_index() + 1);
     let mut cursors = Vec::with_capacity(services.len());
-    for s in &services {
+    for s in services.iter() {
         let (slot, mut rx) = app.hub.subscribe(s).map_err(super::hub_full)?;
         rx.borrow_and_update();
         cursors.push(match index {
@@ -139,18 +165,5 @@ pub(super) async fn watch(
         ));
     }
     app.hub.catch_up(&mut w.cursors, &mut w.pending);
-    let body = Body::from_stream(stream::unfold(w, |mut w| async move {
-        w.next_frame()
-            .await
-            .map(|f| (Ok::<_, std::convert::Infallible>(f), w))
-    }));
-    let mut resp = (StatusCode::OK, body).into_response();
-    let h = resp.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/event-stream"),
-    );
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
-    Ok(resp)
+    Ok(w)
 }

@@ -8,6 +8,7 @@ mod cli;
 mod client;
 mod cluster;
 mod durability;
+mod grpc;
 mod harness;
 mod leases;
 mod partition;

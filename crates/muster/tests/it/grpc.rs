@@ -187,3 +187,58 @@ async fn grpc_errors_carry_the_http_apis_codes() {
         .unwrap_err();
     assert_eq!(e.code(), tonic::Code::InvalidArgument);
 }
+
+#[tokio::test]
+async fn a_grpc_watch_resumes_from_an_index_or_says_compacted() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = Muster::start_in(dir.path(), &[]);
+    let mut c = client(&m).await;
+    let first = c.register(inventory("inv-1")).await.unwrap().into_inner();
+    c.register(inventory("inv-2")).await.unwrap();
+    let next = |mut s: tonic::Streaming<pb::WatchEvent>| async move {
+        let e = tokio::time::timeout(Duration::from_secs(5), s.next())
+            .await
+            .expect("in time")
+            .expect("an event")
+            .expect("ok");
+        (e.event.expect("event"), s)
+    };
+    // Resuming at inv-1's index repeats it, then inv-2 follows.
+    let s = c
+        .watch(pb::WatchRequest {
+            services: vec!["inventory-api".into()],
+            index: Some(first.index),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let (e, s) = next(s).await;
+    assert!(
+        matches!(e, Event::Upsert(ref ch) if ch.index == first.index),
+        "{e:?}"
+    );
+    let (e, _) = next(s).await;
+    assert!(
+        matches!(e, Event::Upsert(ref ch) if ch.instance.as_ref().unwrap().instance_id == "inv-2"),
+        "{e:?}"
+    );
+    // An index from beyond this registry: compacted, then a snapshot.
+    let s = c
+        .watch(pb::WatchRequest {
+            services: vec!["inventory-api".into()],
+            index: Some(1_000_000),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let (e, s) = next(s).await;
+    assert!(
+        matches!(e, Event::Compacted(ref x) if x.index == 1_000_000),
+        "{e:?}"
+    );
+    let (e, _) = next(s).await;
+    assert!(
+        matches!(e, Event::Snapshot(ref x) if x.instances.len() == 2),
+        "{e:?}"
+    );
+}

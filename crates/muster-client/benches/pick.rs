@@ -110,7 +110,22 @@ fn updates(c: &mut Criterion) {
                 ))
             })
         });
-        // Members changed: everything is built afresh.
+        // Members changed (one instance left), as the resolver applies it: what still fits is
+        // reused, a consistent-hashing ring is rebuilt later, off the pick path.
+        let one_less: Vec<Endpoint> = eps.iter().skip(1).cloned().collect();
+        group.bench_function(
+            BenchmarkId::new(format!("{policy:?}-member-left"), 1000),
+            |b| {
+                b.iter(|| {
+                    black_box(View::after_deferred(
+                        one_less.iter().cloned(),
+                        config.clone(),
+                        Some(&previous),
+                    ))
+                })
+            },
+        );
+        // Everything built afresh (the deferred ring's rebuild, or a first view).
         group.bench_function(BenchmarkId::new(format!("{policy:?}-fresh"), 1000), |b| {
             b.iter(|| black_box(View::new(eps.iter().cloned(), config.clone())))
         });

@@ -130,6 +130,9 @@ struct State {
     accept_older: bool,
     /// The published view changed since the cache file was written.
     dirty: bool,
+    /// Views published so far (a ring built off the pick path is published only if no other
+    /// view came meanwhile).
+    generation: u64,
 }
 
 pub(crate) struct Shared {
@@ -249,6 +252,7 @@ impl Default for State {
             held_since: None,
             accept_older: false,
             dirty: false,
+            generation: 0,
         }
     }
 }
@@ -307,7 +311,7 @@ impl Shared {
     /// view without confirmation.
     fn publish(&self, state: &mut State, confirmed_empty: bool) {
         let previous = self.view();
-        let view = View::after(
+        let view = View::after_deferred(
             state.endpoints.values().cloned(),
             self.view_config.clone(),
             Some(&previous),
@@ -325,8 +329,36 @@ impl Shared {
         state.held_since = None;
         *current = Arc::new(view);
         state.dirty = true;
+        state.generation += 1;
         drop(current);
         self.changed.notify_waiters();
+    }
+
+    /// The published view runs on an earlier members' consistent-hashing ring: builds the
+    /// fresh view off the task's thread and publishes it, unless another came meanwhile.
+    pub(crate) async fn rebuild_ring(&self) {
+        let current = self.view();
+        if !current.has_stale_ring() {
+            return;
+        }
+        let (endpoints, generation) = {
+            let s = self.state();
+            (
+                s.endpoints.values().cloned().collect::<Vec<_>>(),
+                s.generation,
+            )
+        };
+        let config = self.view_config.clone();
+        let fresh =
+            tokio::task::spawn_blocking(move || View::after(endpoints, config, Some(&current)))
+                .await;
+        let Ok(fresh) = fresh else { return };
+        let state = self.state();
+        if state.generation == generation {
+            *self.view.lock().unwrap_or_else(|p| p.into_inner()) = Arc::new(fresh);
+            drop(state);
+            self.changed.notify_waiters();
+        }
     }
 
     /// A full list of the service's instances at `index`.
@@ -509,7 +541,9 @@ async fn watch(
                 };
                 idle_at = Instant::now() + config.idle_timeout;
                 frames.push(&chunk)?;
+                let mut applied = false;
                 while let Some(frame) = frames.next_frame() {
+                    applied = true;
                     let event: WatchEvent = serde_json::from_str(&frame.data)
                         .map_err(|e| format!("{base} sent an unreadable event: {e}"))?;
                     match event {
@@ -520,6 +554,9 @@ async fn watch(
                         // A kind this client does not know (a newer server): skipped.
                         _ => {}
                     }
+                }
+                if applied {
+                    shared.rebuild_ring().await;
                 }
             }
             _ = tokio::time::sleep_until(wake) => {

@@ -252,6 +252,8 @@ enum Acquired {
 
 /// One tier's endpoints and picker tables.
 struct Tier {
+    /// 0: same zone, 1: same region, 2: other regions.
+    kind: u8,
     endpoints: Vec<Endpoint>,
     /// Running sum of weights (weighted random, P2C draws, round robin).
     cumulative: Vec<u64>,
@@ -260,9 +262,13 @@ struct Tier {
     /// Consistent hashing: the ring (shared with earlier views of the same members) and, by
     /// ring address, the endpoint's index.
     ring: Option<Arc<Continuum>>,
+    /// `(ring hash, endpoint index)`, sorted.
     by_address: Arc<Vec<(u128, u32)>>,
     /// The members and their ring weights, order-independent (a ring is reused while it stays).
     fingerprint: u128,
+    /// The ring is an earlier members' ring, kept while a fresh one is built elsewhere:
+    /// departed members' points are skipped, new members get keys once it is rebuilt.
+    stale_ring: bool,
     /// Endpoints available at the last count ([`View::recount`]).
     available: AtomicUsize,
 }
@@ -275,7 +281,13 @@ const RING_STEPS: usize = 32;
 const MAX_RING_ENDPOINTS: usize = 65_535;
 
 impl Tier {
-    fn new(endpoints: Vec<Endpoint>, policy: Policy, previous: Option<&View>) -> Tier {
+    fn new(
+        kind: u8,
+        endpoints: Vec<Endpoint>,
+        policy: Policy,
+        previous: Option<&View>,
+        defer_ring: bool,
+    ) -> Tier {
         let mut sum = 0u64;
         let cumulative = endpoints
             .iter()
@@ -285,6 +297,8 @@ impl Tier {
             })
             .collect();
         let mut tier = Tier {
+            kind,
+            stale_ring: false,
             cumulative,
             cursor: AtomicU64::new(0),
             ring: None,
@@ -294,20 +308,17 @@ impl Tier {
             endpoints,
         };
         if policy == Policy::ConsistentHash && tier.endpoints.len() <= MAX_RING_ENDPOINTS {
-            let weights = ring_weights(&tier.endpoints);
-            tier.fingerprint = tier
-                .endpoints
-                .iter()
-                .zip(&weights)
-                .fold(0u128, |acc, (e, w)| {
-                    acc.wrapping_add(e.ring_hash.wrapping_mul(2 * u128::from(*w) + 1))
-                });
+            let lightest = lightest(&tier.endpoints);
+            tier.fingerprint = tier.endpoints.iter().fold(0u128, |acc, e| {
+                let w = ring_weight(e, lightest);
+                acc.wrapping_add(e.ring_hash.wrapping_mul(2 * u128::from(w) + 1))
+            });
             // The same members (and weights): the ring serves again; in the same order (the
             // resolver keeps endpoints sorted by id), so does the address index.
             let same = previous
                 .into_iter()
                 .flat_map(|v| v.tiers.iter())
-                .find(|t| t.fingerprint == tier.fingerprint && t.ring.is_some());
+                .find(|t| t.fingerprint == tier.fingerprint && t.ring.is_some() && !t.stale_ring);
             if let Some(prev) = same {
                 tier.ring = prev.ring.clone();
                 let same_order = prev.endpoints.len() == tier.endpoints.len()
@@ -327,11 +338,25 @@ impl Tier {
                     .enumerate()
                     .map(|(i, e)| (e.ring_hash, i as u32))
                     .collect();
-                by_address.sort_unstable();
+                // By the upper half (a cheaper comparison; equal upper halves of two ids'
+                // hashes are as good as impossible, and would only cost a ring point).
+                by_address.sort_unstable_by_key(|(h, _)| (h >> 64) as u64);
                 tier.by_address = Arc::new(by_address);
             }
+            if tier.ring.is_none() && defer_ring {
+                // Members changed: keep the tier's previous ring for now (a fresh one takes
+                // milliseconds); the caller builds it off the pick path.
+                let earlier = previous
+                    .into_iter()
+                    .flat_map(|v| v.tiers.iter())
+                    .find(|t| t.kind == kind && t.ring.is_some());
+                if let Some(prev) = earlier {
+                    tier.ring = prev.ring.clone();
+                    tier.stale_ring = true;
+                }
+            }
             if tier.ring.is_none() {
-                tier.ring = Some(Arc::new(ketama(&tier.by_address, &weights)));
+                tier.ring = Some(Arc::new(ketama(&tier.endpoints, lightest)));
             }
         }
         tier
@@ -351,34 +376,36 @@ impl Tier {
     fn at_address(&self, addr: &SocketAddr) -> Option<usize> {
         let SocketAddr::V6(a) = addr else { return None };
         let h = u128::from(*a.ip());
+        // A departed member's point on a kept ring matches nobody here.
         let at = self.by_address.binary_search_by_key(&h, |(k, _)| *k).ok()?;
         Some(self.by_address[at].1 as usize)
     }
 }
 
-/// Ring weights: 1–8 times the points by weight relative to the lightest.
-fn ring_weights(endpoints: &[Endpoint]) -> Vec<u32> {
-    let lightest = endpoints
+/// The lightest weight above 0 (1 if none).
+fn lightest(endpoints: &[Endpoint]) -> u32 {
+    endpoints
         .iter()
         .map(|e| e.instance.spec.weight)
         .filter(|w| *w > 0)
         .min()
-        .unwrap_or(1);
-    endpoints
-        .iter()
-        .map(|e| (e.instance.spec.weight / lightest).clamp(1, 8))
-        .collect()
+        .unwrap_or(1)
+}
+
+/// An endpoint's ring weight: 1–8 times the points by weight relative to the lightest.
+fn ring_weight(e: &Endpoint, lightest: u32) -> u32 {
+    (e.instance.spec.weight / lightest.max(1)).clamp(1, 8)
 }
 
 /// A ketama ring: each endpoint placed by a hash of its instance id (so the same instance
-/// keeps its place across views, and a ring serves any view with the same members).
-/// `by_address` holds `(hash, index into weights)`.
-fn ketama(by_address: &[(u128, u32)], weights: &[u32]) -> Continuum {
-    let buckets: Vec<Bucket> = by_address
+/// keeps its place across views, and a ring serves any view with the same members, in any
+/// order: ketama sorts its points by hash).
+fn ketama(endpoints: &[Endpoint], lightest: u32) -> Continuum {
+    let buckets: Vec<Bucket> = endpoints
         .iter()
-        .map(|(h, i)| {
-            let addr = SocketAddr::V6(SocketAddrV6::new(Ipv6Addr::from(*h), 0, 0, 0));
-            Bucket::new(addr, weights[*i as usize])
+        .map(|e| {
+            let addr = SocketAddr::V6(SocketAddrV6::new(Ipv6Addr::from(e.ring_hash), 0, 0, 0));
+            Bucket::new(addr, ring_weight(e, lightest))
         })
         .collect();
     Continuum::new(&buckets)
@@ -492,6 +519,32 @@ impl View {
         config: Arc<ViewConfig>,
         previous: Option<&View>,
     ) -> View {
+        View::build(endpoints, config, previous, false)
+    }
+
+    /// [`View::after`], but a consistent-hashing tier whose members changed keeps the previous
+    /// view's ring for now instead of building one (which takes milliseconds at a thousand
+    /// endpoints): keys of departed members move on along the ring as usual, new members get
+    /// keys once a fresh view is built. [`View::has_stale_ring`] says whether one is due.
+    pub fn after_deferred(
+        endpoints: impl IntoIterator<Item = Endpoint>,
+        config: Arc<ViewConfig>,
+        previous: Option<&View>,
+    ) -> View {
+        View::build(endpoints, config, previous, true)
+    }
+
+    /// Whether a tier runs on an earlier members' ring ([`View::after_deferred`]).
+    pub fn has_stale_ring(&self) -> bool {
+        self.tiers.iter().any(|t| t.stale_ring)
+    }
+
+    fn build(
+        endpoints: impl IntoIterator<Item = Endpoint>,
+        config: Arc<ViewConfig>,
+        previous: Option<&View>,
+        defer_ring: bool,
+    ) -> View {
         let loc = &config.locality;
         let mut tiers: [Vec<Endpoint>; 3] = Default::default();
         for e in endpoints {
@@ -517,8 +570,9 @@ impl View {
         let view = View {
             tiers: tiers
                 .into_iter()
-                .filter(|t| !t.is_empty())
-                .map(|t| Tier::new(t, config.policy, previous))
+                .enumerate()
+                .filter(|(_, t)| !t.is_empty())
+                .map(|(kind, t)| Tier::new(kind as u8, t, config.policy, previous, defer_ring))
                 .collect(),
             len,
             config,

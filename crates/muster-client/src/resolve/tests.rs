@@ -208,3 +208,33 @@ fn a_silent_watch_is_given_up_after_the_idle_timeout() {
         server.abort();
     });
 }
+
+#[test]
+fn a_membership_change_under_consistent_hashing_publishes_at_once_then_the_fresh_ring() {
+    let config = ResolverConfig {
+        view: ViewConfig {
+            policy: crate::Policy::ConsistentHash,
+            ..ViewConfig::default()
+        },
+        ..ResolverConfig::default()
+    };
+    let s = Shared::new("inventory-api", config, State::default());
+    s.apply_snapshot(
+        (0..5)
+            .map(|i| instance(&format!("i{i}"), Status::Healthy))
+            .collect(),
+        5,
+    );
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(s.rebuild_ring());
+    assert!(!s.view().has_stale_ring());
+    s.apply_change(6, instance("i2", Status::Removed), true);
+    assert_eq!(s.view().len(), 4, "published at once");
+    assert!(s.view().has_stale_ring());
+    rt.block_on(s.rebuild_ring());
+    assert!(!s.view().has_stale_ring());
+    assert_eq!(s.view().len(), 4);
+}

@@ -614,3 +614,46 @@ async fn a_degraded_zone_spills_to_a_healthy_one_before_panicking() {
         "{got:?}"
     );
 }
+
+#[test]
+fn a_deferred_ring_keeps_keys_where_they_were_until_the_fresh_one() {
+    let eps: Vec<Endpoint> = (0..10)
+        .map(|i| Endpoint::new(instance(&format!("i{i}"), "a1", 100, "")))
+        .collect();
+    let config = Arc::new(ViewConfig {
+        policy: Policy::ConsistentHash,
+        ..ViewConfig::default()
+    });
+    let before = View::new(eps.iter().cloned(), config.clone());
+    // i3 leaves, i10 joins.
+    let mut next: Vec<Endpoint> = eps
+        .iter()
+        .filter(|e| e.instance().spec.instance_id != "i3")
+        .cloned()
+        .collect();
+    next.push(Endpoint::new(instance("i10", "a1", 100, "")));
+    let deferred = View::after_deferred(next.iter().cloned(), config.clone(), Some(&before));
+    assert!(deferred.has_stale_ring());
+    let fresh = View::after(next.iter().cloned(), config.clone(), Some(&deferred));
+    assert!(!fresh.has_stale_ring());
+    let now = Instant::now();
+    let at = |v: &View, key: &str| {
+        v.pick_with(Some(key.as_bytes()), 0, 0, now)
+            .map(|p| p.instance().spec.instance_id.clone())
+            .unwrap()
+    };
+    let mut joined = 0;
+    for k in 0..2_000 {
+        let key = format!("k{k}");
+        let (b, d, f) = (at(&before, &key), at(&deferred, &key), at(&fresh, &key));
+        assert_ne!(d, "i3", "a departed member gets nothing");
+        assert_ne!(d, "i10", "a new member waits for the fresh ring");
+        if b != "i3" {
+            assert_eq!(b, d, "{key}: the others keep their keys meanwhile");
+        }
+        if f == "i10" {
+            joined += 1;
+        }
+    }
+    assert!(joined > 0, "the fresh ring gives the new member its keys");
+}

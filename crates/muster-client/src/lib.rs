@@ -16,6 +16,52 @@
 //! [`View`]s; a view picks. Per-endpoint resilience: [`Breaker`], [`Ejection`]; retries:
 //! [`Backoff`], [`RetryBudget`].
 
+//! # Example
+//!
+//! A view picks without the network (a resolver publishes views; here one is built by hand):
+//!
+//! ```
+//! use std::sync::Arc;
+//! use muster_client::{Endpoint, Locality, View, ViewConfig};
+//! use muster_core::{Instance, RegisterRequest, Status};
+//!
+//! let instance = |id: &str, zone: &str| {
+//!     let (spec, _) = serde_json::from_value::<RegisterRequest>(serde_json::json!({
+//!         "service": "inventory-api", "instanceId": id, "host": "10.0.0.1", "port": 8080,
+//!         "zone": zone, "region": "ap-south-1"
+//!     }))
+//!     .unwrap()
+//!     .validate()
+//!     .unwrap();
+//!     Arc::new(Instance {
+//!         spec,
+//!         status: Status::Healthy,
+//!         status_reason: String::new(),
+//!         ready: true,
+//!         live: true,
+//!         registered_at: 0,
+//!         status_changed_at: 0,
+//!         create_index: 1,
+//!         modify_index: 1,
+//!     })
+//! };
+//! let config = Arc::new(ViewConfig {
+//!     locality: Locality {
+//!         zone: "ap-south-1a".into(),
+//!         region: "ap-south-1".into(),
+//!         cross_region: false,
+//!     },
+//!     ..ViewConfig::default()
+//! });
+//! let view = View::new(
+//!     [instance("a-1", "ap-south-1a"), instance("b-1", "ap-south-1b")].map(Endpoint::new),
+//!     config,
+//! );
+//! let pick = view.pick(None).expect("an endpoint");
+//! assert_eq!(pick.instance().spec.instance_id, "a-1"); // same zone first
+//! pick.report(true);
+//! ```
+
 pub mod breaker;
 pub mod call;
 pub mod integrate;

@@ -657,3 +657,74 @@ fn a_deferred_ring_keeps_keys_where_they_were_until_the_fresh_one() {
     }
     assert!(joined > 0, "the fresh ring gives the new member its keys");
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+
+    /// Picks stay in the caller's zone while it has an available endpoint, else in its region,
+    /// and leave the region only when allowed.
+    #[test]
+    fn picks_prefer_the_zone_then_the_region(
+        zones in prop::collection::vec(prop::sample::select(vec!["a1", "a2", "b1"]), 1..10),
+        cross_region in any::<bool>(),
+        policy in prop::sample::select(vec![Policy::WeightedRandom, Policy::RoundRobin, Policy::LeastRequest, Policy::ConsistentHash]),
+        seed in any::<u64>(),
+    ) {
+        let eps: Vec<Endpoint> = zones
+            .iter()
+            .enumerate()
+            .map(|(i, z)| Endpoint::new(instance(&format!("i{i}-{z}"), z, 100, "")))
+            .collect();
+        let config = ViewConfig {
+            policy,
+            locality: Locality { zone: "a1".into(), region: "a".into(), cross_region },
+            ..ViewConfig::default()
+        };
+        let v = view(&eps, config);
+        let best = if zones.contains(&"a1") {
+            Some("a1")
+        } else if zones.contains(&"a2") {
+            Some("a2")
+        } else if cross_region {
+            Some("b1")
+        } else {
+            None
+        };
+        match best {
+            Some(zone) => {
+                let got = counts(&v, 200, seed, |i| Some(format!("key-{i}").into_bytes()));
+                prop_assert!(got.keys().all(|id| id.ends_with(zone)), "{:?}", got);
+            }
+            None => prop_assert!(v.pick(None).is_none()),
+        }
+    }
+
+    /// An ejected endpoint is never picked unless its tier is in panic mode.
+    #[test]
+    fn no_pick_of_an_ejected_endpoint_outside_panic_mode(
+        n in 3usize..12,
+        policy in prop::sample::select(vec![Policy::WeightedRandom, Policy::RoundRobin, Policy::LeastRequest, Policy::ConsistentHash]),
+        seed in any::<u64>(),
+    ) {
+        let eps: Vec<Endpoint> = (0..n)
+            .map(|i| Endpoint::new(instance(&format!("i{i}"), "a1", 100, "")))
+            .collect();
+        let config = ViewConfig {
+            policy,
+            breaker: BreakerConfig { consecutive_failures: 0, failure_rate: 2.0, ..BreakerConfig::default() },
+            ejection: EjectionConfig {
+                consecutive_failures: 1,
+                base: Duration::from_secs(3_600),
+                max_ejected_share: 0.5,
+                panic_threshold: 0.0,
+                ..EjectionConfig::default()
+            },
+            ..ViewConfig::default()
+        };
+        let v = view(&eps, config);
+        failing(&v, "i0", 1);
+        prop_assert!(v.endpoints().any(|e| e.instance().spec.instance_id == "i0" && e.is_ejected(Instant::now())));
+        let got = counts(&v, 300, seed, |i| Some(format!("key-{i}").into_bytes()));
+        prop_assert!(!got.contains_key("i0"), "{:?}", got);
+    }
+}

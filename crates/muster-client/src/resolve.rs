@@ -341,17 +341,14 @@ impl Shared {
         if !current.has_stale_ring() {
             return;
         }
-        let (endpoints, generation) = {
-            let s = self.state();
-            (
-                s.endpoints.values().cloned().collect::<Vec<_>>(),
-                s.generation,
-            )
-        };
+        // From the published view's own endpoints: the state may hold an update that is being
+        // held back (one that would empty the view), which this must not publish.
+        let generation = self.state().generation;
         let config = self.view_config.clone();
-        let fresh =
-            tokio::task::spawn_blocking(move || View::after(endpoints, config, Some(&current)))
-                .await;
+        let fresh = tokio::task::spawn_blocking(move || {
+            View::after(current.endpoints().cloned(), config, Some(&current))
+        })
+        .await;
         let Ok(fresh) = fresh else { return };
         let state = self.state();
         if state.generation == generation {
@@ -574,6 +571,9 @@ async fn watch(
                 if hold_until.is_some_and(|t| now >= t) {
                     confirm_empty(shared, http, base).await;
                 }
+                // A view left on an earlier ring (a failed rebuild, a confirmed lookup) is
+                // rebuilt on the next tick.
+                shared.rebuild_ring().await;
             }
         }
     }

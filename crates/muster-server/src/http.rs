@@ -89,7 +89,7 @@ pub fn router(state: Arc<AppState>, max_body_bytes: usize) -> Router {
         // gRPC (HTTP/2, prior knowledge) on the same port.
         .route_service(
             "/muster.v1.Registry/{*method}",
-            grpc::service(state.clone()),
+            grpc::service(state.clone(), max_body_bytes),
         )
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -291,6 +291,7 @@ async fn deregister(State(app): AppRef, id: Result<Path<String>, PathRejection>)
 
 /// Deregisters (the HTTP and gRPC APIs): the instance as it was dropped, the index.
 async fn do_deregister(app: &AppState, id: String) -> Result<(Arc<Instance>, u64), ApiError> {
+    extract::instance_id(&id)?;
     let proposed = app
         .raft
         .propose(Command::Deregister {
@@ -490,6 +491,7 @@ async fn do_set_status(
     id: String,
     req: StatusRequest,
 ) -> Result<(Arc<Instance>, u64), ApiError> {
+    extract::instance_id(&id)?;
     let text = req.status.ok_or_else(|| {
         ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,

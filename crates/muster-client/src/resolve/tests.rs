@@ -238,3 +238,33 @@ fn a_membership_change_under_consistent_hashing_publishes_at_once_then_the_fresh
     assert!(!s.view().has_stale_ring());
     assert_eq!(s.view().len(), 4);
 }
+
+#[test]
+fn a_ring_rebuild_does_not_publish_an_update_held_back_as_emptying() {
+    let config = ResolverConfig {
+        view: ViewConfig {
+            policy: crate::Policy::ConsistentHash,
+            ..ViewConfig::default()
+        },
+        ..ResolverConfig::default()
+    };
+    let s = Shared::new("inventory-api", config, State::default());
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    s.apply_snapshot(
+        vec![
+            instance("a", Status::Healthy),
+            instance("b", Status::Healthy),
+        ],
+        5,
+    );
+    rt.block_on(s.rebuild_ring());
+    s.apply_change(6, instance("a", Status::Removed), true); // on the earlier ring now
+    s.apply_change(7, instance("b", Status::Removed), true); // would empty it: held
+    assert_eq!(s.view().len(), 1);
+    rt.block_on(s.rebuild_ring());
+    assert_eq!(s.view().len(), 1, "the hold stands");
+    assert!(!s.view().has_stale_ring());
+}

@@ -23,9 +23,17 @@ pub(super) struct GrpcApi {
     pub(super) app: Arc<AppState>,
 }
 
-/// The gRPC service, to be routed under `/muster.v1.Registry/`.
-pub(super) fn service(app: Arc<AppState>) -> pb::registry_server::RegistryServer<GrpcApi> {
+/// Heartbeats of one stream renewed at once (answers keep the requests' order).
+const HEARTBEATS_IN_FLIGHT: usize = 64;
+
+/// The gRPC service, to be routed under `/muster.v1.Registry/`. A request message may be as
+/// large as an HTTP body (`max_body_bytes`).
+pub(super) fn service(
+    app: Arc<AppState>,
+    max_body_bytes: usize,
+) -> pb::registry_server::RegistryServer<GrpcApi> {
     pb::registry_server::RegistryServer::new(GrpcApi { app })
+        .max_decoding_message_size(max_body_bytes)
 }
 
 fn status(e: ApiError) -> tonic::Status {
@@ -233,11 +241,15 @@ impl Registry for GrpcApi {
         request: Request<tonic::Streaming<pb::HeartbeatRequest>>,
     ) -> Result<Response<Self::HeartbeatStream>, tonic::Status> {
         let app = self.app.clone();
-        let answers = request.into_inner().then(move |req| {
+        let answers = request.into_inner().map(move |req| {
             let app = app.clone();
             async move {
                 let req = req?;
-                Ok(match renew_one(&app, &req.instance_id, req.ready).await {
+                let renewed = match super::extract::instance_id(&req.instance_id) {
+                    Ok(()) => renew_one(&app, &req.instance_id, req.ready).await,
+                    Err(e) => Err(e),
+                };
+                Ok(match renewed {
                     Ok(expires) => pb::HeartbeatResponse {
                         instance_id: req.instance_id,
                         ok: true,
@@ -254,7 +266,9 @@ impl Registry for GrpcApi {
                 })
             }
         });
-        Ok(Response::new(Box::pin(answers)))
+        Ok(Response::new(Box::pin(
+            answers.buffered(HEARTBEATS_IN_FLIGHT),
+        )))
     }
 
     async fn list(
@@ -319,15 +333,18 @@ impl Registry for GrpcApi {
                         return Some((Ok(e), (w, frames, ready)));
                     }
                     let bytes = w.next_frame().await?;
-                    if frames.push(&bytes).is_err() {
-                        return None;
+                    if let Err(e) = frames.push(&bytes) {
+                        let status = tonic::Status::internal(e);
+                        return Some((Err(status), (w, frames, ready)));
                     }
                     while let Some(frame) = frames.next_frame() {
-                        if let Some(e) = serde_json::from_str::<WatchEvent>(&frame.data)
-                            .ok()
-                            .and_then(watch_event)
-                        {
-                            ready.push_back(e);
+                        match serde_json::from_str::<WatchEvent>(&frame.data) {
+                            Ok(e) => ready.extend(watch_event(e)),
+                            Err(e) => {
+                                let status =
+                                    tonic::Status::internal(format!("unreadable watch event: {e}"));
+                                return Some((Err(status), (w, frames, ready)));
+                            }
                         }
                     }
                 }

@@ -169,6 +169,15 @@ async fn grpc_errors_carry_the_http_apis_codes() {
         (tonic::Code::NotFound, "unknown_instance")
     );
 
+    // Ids are checked as in the HTTP API's paths, before anything is proposed.
+    let e = c
+        .deregister(pb::DeregisterRequest {
+            instance_id: "bad id with spaces".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument);
+
     c.register(inventory("dup")).await.unwrap();
     let mut other = inventory("dup");
     other.service = "orders".into();

@@ -32,3 +32,20 @@ pub(crate) fn instance(id: &str, zone: &str, weight: u32, group: &str) -> Arc<In
         modify_index: 1,
     })
 }
+
+/// Instance `id` of `inventory-api` (zone a1) with `status` (ready when HEALTHY).
+pub(crate) fn with_status(id: &str, status: Status) -> Instance {
+    Instance {
+        status,
+        ready: status == Status::Healthy,
+        ..Instance::clone(&instance(id, "a1", 100, ""))
+    }
+}
+
+/// A current-thread runtime for tests that drive async code from a plain `#[test]`.
+pub(crate) fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+}

@@ -1,28 +1,20 @@
 use super::*;
-use muster_core::{RegisterRequest, Status};
+use muster_core::Status;
 
 fn instance(id: &str, status: Status) -> Instance {
-    let spec = RegisterRequest {
-        service: Some("inventory-api".into()),
-        instance_id: Some(id.into()),
-        host: Some("10.0.0.1".into()),
-        port: Some(8080.into()),
-        ..Default::default()
-    }
-    .validate()
-    .expect("valid")
-    .0;
-    Instance {
-        spec,
-        status,
-        status_reason: String::new(),
-        ready: status == Status::Healthy,
-        live: true,
-        registered_at: 0,
-        status_changed_at: 0,
-        create_index: 1,
-        modify_index: 1,
-    }
+    crate::testing::with_status(id, status)
+}
+
+/// A resolver's state under consistent hashing.
+fn consistent() -> Shared {
+    let config = ResolverConfig {
+        view: ViewConfig {
+            policy: crate::Policy::ConsistentHash,
+            ..ViewConfig::default()
+        },
+        ..ResolverConfig::default()
+    };
+    Shared::new("inventory-api", config, State::default())
 }
 
 fn shared() -> Shared {
@@ -97,10 +89,7 @@ fn the_cache_file_round_trips_and_a_restart_serves_from_it() {
     };
     let s = Shared::new("inventory-api", config.clone(), State::default());
     s.apply_snapshot(vec![instance("a", Status::Healthy)], 42);
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = crate::testing::runtime();
     rt.block_on(s.flush());
     rt.block_on(async {
         // Nothing listens on port 1: only the file can answer.
@@ -131,10 +120,7 @@ fn the_cache_file_round_trips_and_a_restart_serves_from_it() {
 
 #[test]
 fn bad_configurations_are_refused() {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = crate::testing::runtime();
     rt.block_on(async {
         let none = ResolverConfig {
             servers: vec![],
@@ -211,24 +197,14 @@ fn a_silent_watch_is_given_up_after_the_idle_timeout() {
 
 #[test]
 fn a_membership_change_under_consistent_hashing_publishes_at_once_then_the_fresh_ring() {
-    let config = ResolverConfig {
-        view: ViewConfig {
-            policy: crate::Policy::ConsistentHash,
-            ..ViewConfig::default()
-        },
-        ..ResolverConfig::default()
-    };
-    let s = Shared::new("inventory-api", config, State::default());
+    let s = consistent();
     s.apply_snapshot(
         (0..5)
             .map(|i| instance(&format!("i{i}"), Status::Healthy))
             .collect(),
         5,
     );
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = crate::testing::runtime();
     rt.block_on(s.rebuild_ring());
     assert!(!s.view().has_stale_ring());
     s.apply_change(6, instance("i2", Status::Removed), true);
@@ -241,18 +217,8 @@ fn a_membership_change_under_consistent_hashing_publishes_at_once_then_the_fresh
 
 #[test]
 fn a_ring_rebuild_does_not_publish_an_update_held_back_as_emptying() {
-    let config = ResolverConfig {
-        view: ViewConfig {
-            policy: crate::Policy::ConsistentHash,
-            ..ViewConfig::default()
-        },
-        ..ResolverConfig::default()
-    };
-    let s = Shared::new("inventory-api", config, State::default());
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let s = consistent();
+    let rt = crate::testing::runtime();
     s.apply_snapshot(
         vec![
             instance("a", Status::Healthy),

@@ -518,16 +518,9 @@ async fn panic_mode_ends_when_the_breakers_time_out() {
     );
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_broken_zone_spills_to_the_next_tier_not_into_panic() {
-    let eps = endpoints(&[
-        ("a-1", "a1", 100),
-        ("a-2", "a1", 100),
-        ("a-3", "a1", 100),
-        ("b-1", "a2", 100),
-        ("b-2", "a2", 100),
-    ]);
-    let config = ViewConfig {
+/// A caller in zone a1 whose breakers open on one failure, for an hour; panic below 50%.
+fn zone_a1_breaking_for_an_hour() -> ViewConfig {
+    ViewConfig {
         locality: Locality {
             zone: "a1".into(),
             region: "a".into(),
@@ -538,8 +531,19 @@ async fn a_broken_zone_spills_to_the_next_tier_not_into_panic() {
             ..breaking(0.5).breaker
         },
         ..breaking(0.5)
-    };
-    let v = view(&eps, config);
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_broken_zone_spills_to_the_next_tier_not_into_panic() {
+    let eps = endpoints(&[
+        ("a-1", "a1", 100),
+        ("a-2", "a1", 100),
+        ("a-3", "a1", 100),
+        ("b-1", "a2", 100),
+        ("b-2", "a2", 100),
+    ]);
+    let v = view(&eps, zone_a1_breaking_for_an_hour());
     for id in ["a-1", "a-2", "a-3"] {
         failing(&v, id, 1);
     }
@@ -586,19 +590,7 @@ async fn a_degraded_zone_spills_to_a_healthy_one_before_panicking() {
         ("a-3", "a1", 100),
         ("b-1", "a2", 100),
     ]);
-    let config = ViewConfig {
-        locality: Locality {
-            zone: "a1".into(),
-            region: "a".into(),
-            cross_region: false,
-        },
-        breaker: BreakerConfig {
-            open_for: Duration::from_secs(3_600),
-            ..breaking(0.5).breaker
-        },
-        ..breaking(0.5)
-    };
-    let v = view(&eps, config);
+    let v = view(&eps, zone_a1_breaking_for_an_hour());
     // One of three left in the zone (33% < 50%): the healthy neighbour zone takes the calls.
     failing(&v, "a-1", 1);
     failing(&v, "a-2", 1);

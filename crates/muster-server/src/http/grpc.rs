@@ -296,16 +296,18 @@ impl Registry for GrpcApi {
             tag: r.tags,
             version: opt(r.version),
         };
-        let (index, instances) = self.app.raft.read(|reg| {
+        // Under the registry's lock only the matching instances are taken (shared); they are
+        // converted after.
+        let (index, kept) = self.app.raft.read(|reg| {
             let index = reg.service_index(&r.service).unwrap_or_else(|| reg.index());
-            let instances = reg
+            let kept = reg
                 .service_instances(&r.service)
                 .filter(|i| filter.keep(i))
-                .map(|i| instance(i))
+                .cloned()
                 .collect::<Vec<_>>();
-            (index, instances)
+            (index, kept)
         });
-        let mut instances = instances;
+        let mut instances: Vec<pb::Instance> = kept.iter().map(|i| instance(i)).collect();
         instances.sort_by(|a, b| a.instance_id.cmp(&b.instance_id));
         Ok(Response::new(pb::ListResponse {
             service: r.service,

@@ -1,33 +1,57 @@
-//! The generated gRPC code in `src/gen/` is checked in (so building needs no `protoc`); this
-//! test generates it again from `proto/` (with protox, a protobuf compiler in Rust) and fails
-//! when the two differ. `MUSTER_REGENERATE=1 cargo test -p muster-proto --test codegen`
-//! rewrites the checked-in file.
+//! Generated gRPC code is checked in (so building needs no `protoc`): Muster's own API in
+//! `src/gen/`, and the part of etcd's API the benchmark speaks in `muster-bench/src/gen/`.
+//! This test generates both again from their `.proto` files (with protox, a protobuf compiler
+//! in Rust) and fails when the code differs. `MUSTER_REGENERATE=1 cargo test -p muster-proto
+//! --test codegen` rewrites the checked-in files.
 
 use std::path::Path;
 
-#[test]
-fn the_checked_in_grpc_code_matches_the_proto() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let proto = root.join("proto");
-    let files = protox::compile([proto.join("muster/v1/registry.proto")], [&proto])
-        .expect("the proto compiles");
+/// Generates `proto` (relative to `include`) into `checked_in`; `package` names the generated
+/// file; fails when the checked-in file is stale.
+fn check(include: &Path, proto: &str, package: &str, checked_in: &Path, server: bool) {
+    let files = protox::compile([include.join(proto)], [include]).expect("the proto compiles");
     let out = tempfile::tempdir().expect("tempdir");
     tonic_prost_build::configure()
         .build_client(true)
-        .build_server(true)
+        .build_server(server)
         .emit_rerun_if_changed(false)
         .out_dir(out.path())
         .compile_fds(files)
         .expect("code generation");
-    let generated = std::fs::read_to_string(out.path().join("muster.v1.rs")).expect("generated");
-    let checked_in_path = root.join("src/gen/muster.v1.rs");
+    let generated =
+        std::fs::read_to_string(out.path().join(format!("{package}.rs"))).expect("generated");
     if std::env::var_os("MUSTER_REGENERATE").is_some() {
-        std::fs::write(&checked_in_path, &generated).expect("write");
+        std::fs::write(checked_in, &generated).expect("write");
         return;
     }
-    let checked_in = std::fs::read_to_string(&checked_in_path).unwrap_or_default();
+    let current = std::fs::read_to_string(checked_in).unwrap_or_default();
     assert!(
-        checked_in == generated,
-        "src/gen/muster.v1.rs is stale: run MUSTER_REGENERATE=1 cargo test -p muster-proto --test codegen"
+        current == generated,
+        "{} is stale: run MUSTER_REGENERATE=1 cargo test -p muster-proto --test codegen",
+        checked_in.display()
+    );
+}
+
+#[test]
+fn the_checked_in_grpc_code_matches_the_proto() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    check(
+        &root.join("proto"),
+        "muster/v1/registry.proto",
+        "muster.v1",
+        &root.join("src/gen/muster.v1.rs"),
+        true,
+    );
+}
+
+#[test]
+fn the_checked_in_etcd_client_matches_its_proto() {
+    let bench = Path::new(env!("CARGO_MANIFEST_DIR")).join("../muster-bench");
+    check(
+        &bench.join("proto"),
+        "etcd.proto",
+        "etcdserverpb",
+        &bench.join("src/gen/etcdserverpb.rs"),
+        false,
     );
 }

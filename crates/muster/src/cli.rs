@@ -68,8 +68,6 @@ pub(crate) enum Command {
     /// Show or change the cluster's membership.
     #[command(subcommand)]
     Cluster(ClusterCommand),
-    /// Load-generate against a running server and print throughput and latency.
-    Bench(crate::bench::BenchArgs),
     /// Follow changes to services (Server-Sent Events) until interrupted.
     Watch {
         /// Services to follow.

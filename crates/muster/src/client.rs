@@ -103,7 +103,7 @@ fn enc(s: &str) -> String {
 pub(crate) async fn run(addr: &str, json: bool, cmd: Command) -> anyhow::Result<()> {
     let c = Client::new(addr)?;
     match cmd {
-        Command::Server(_) | Command::Bench(_) => unreachable!("handled in main"),
+        Command::Server(_) => unreachable!("handled in main"),
         Command::Register(args) => {
             let body = serde_json::to_vec(&register_request(args)?)?;
             let v = c.json(Method::POST, "/v1/instances", Some(body)).await?;

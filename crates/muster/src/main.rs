@@ -1,6 +1,5 @@
 //! `muster`: the server and the operator commands in one binary.
 
-mod bench;
 mod cli;
 mod client;
 mod serve;
@@ -24,7 +23,6 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async move {
         match args.command {
             cli::Command::Server(server) => serve::run(*server).await,
-            cli::Command::Bench(bench) => bench::run(&args.addr, args.json, bench).await,
             other => client::run(&args.addr, args.json, other).await,
         }
     });

@@ -1,0 +1,185 @@
+//! Starting the systems under test: a `muster server` or an `etcd`, each on fresh loopback
+//! ports and a fresh data directory, with its default durability.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+
+/// Which system.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum System {
+    Muster,
+    Etcd,
+}
+
+impl System {
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            System::Muster => "muster",
+            System::Etcd => "etcd",
+        }
+    }
+}
+
+/// A running server; killed and its directory removed on drop.
+pub(crate) struct Server {
+    child: tokio::process::Child,
+    pid: u32,
+    /// Base URL of the client API.
+    pub(crate) addr: String,
+    dir: tempfile::TempDir,
+}
+
+/// A port that was free a moment ago.
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+impl Server {
+    /// Starts `system` from `binary`, and waits until it serves.
+    pub(crate) async fn start(system: System, binary: &Path) -> anyhow::Result<Server> {
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("muster-bench-{}-", system.name()))
+            .tempdir()?;
+        let data = dir.path().join("data");
+        let client = free_port()?;
+        let addr = format!("http://127.0.0.1:{client}");
+        let mut cmd = tokio::process::Command::new(binary);
+        match system {
+            System::Muster => {
+                cmd.arg("server")
+                    .arg("--data-dir")
+                    .arg(&data)
+                    .arg("--http-addr")
+                    .arg(format!("127.0.0.1:{client}"))
+                    .args(["--log", "warn"]);
+            }
+            System::Etcd => {
+                let peer = format!("http://127.0.0.1:{}", free_port()?);
+                cmd.args(["--name", "bench", "--data-dir"])
+                    .arg(&data)
+                    .args(["--listen-client-urls", &addr])
+                    .args(["--advertise-client-urls", &addr])
+                    .args(["--listen-peer-urls", &peer])
+                    .args(["--initial-advertise-peer-urls", &peer])
+                    .args(["--initial-cluster", &format!("bench={peer}")])
+                    .args(["--logger", "zap", "--log-level", "warn"]);
+            }
+        }
+        let log = std::fs::File::create(dir.path().join("server.log"))?;
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("cannot start {}", binary.display()))?;
+        let pid = child.id().context("the server exited at once")?;
+        let mut server = Server {
+            child,
+            pid,
+            addr,
+            dir,
+        };
+        server.wait_ready(system).await?;
+        Ok(server)
+    }
+
+    async fn wait_ready(&mut self, system: System) -> anyhow::Result<()> {
+        let http = reqwest::Client::new();
+        let url = match system {
+            System::Muster => format!("{}/readyz", self.addr),
+            System::Etcd => format!("{}/health", self.addr),
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait()? {
+                bail!(
+                    "{} exited ({status}) while starting; its log:\n{}",
+                    system.name(),
+                    self.log_tail()
+                );
+            }
+            if let Ok(resp) = http.get(&url).send().await
+                && resp.status().is_success()
+            {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        bail!(
+            "{} did not become ready within 30 s; its log:\n{}",
+            system.name(),
+            self.log_tail()
+        )
+    }
+
+    fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(20)..].join("\n")
+    }
+
+    /// Resident memory now, in bytes.
+    pub(crate) fn rss(&self) -> anyhow::Result<u64> {
+        rss_of(self.pid)
+    }
+
+    /// Stops the server and removes its data.
+    pub(crate) async fn stop(mut self) -> anyhow::Result<()> {
+        self.child.start_kill()?;
+        self.child.wait().await?;
+        Ok(())
+    }
+}
+
+/// `VmRSS` of a process, in bytes.
+pub(crate) fn rss_of(pid: u32) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .context("no VmRSS")?;
+    Ok(kib * 1024)
+}
+
+/// `binary --version`, first line.
+pub(crate) async fn version(binary: &Path) -> String {
+    match tokio::process::Command::new(binary)
+        .arg("--version")
+        .output()
+        .await
+    {
+        Ok(out) => String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_string(),
+        Err(_) => String::new(),
+    }
+}
+
+/// The `muster` binary next to this one (cargo builds both into the same directory), unless
+/// given.
+pub(crate) fn default_muster() -> PathBuf {
+    std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(|dir| dir.join("muster")))
+        .unwrap_or_else(|| PathBuf::from("muster"))
+}
+
+/// `etcd` on the `PATH`.
+pub(crate) fn find_etcd() -> anyhow::Result<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .map(|dir| dir.join("etcd"))
+        .find(|p| p.is_file())
+        .context("etcd is not installed: run scripts/install-etcd (apt-get install -y etcd-server)")
+}

@@ -1,0 +1,173 @@
+//! Latency distributions and the result records written to the JSON report.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Microseconds, saturating.
+pub(crate) fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
+
+/// A latency distribution: percentiles and points for the plot.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub(crate) struct Latency {
+    pub(crate) count: u64,
+    pub(crate) mean_us: f64,
+    pub(crate) p50_us: u64,
+    pub(crate) p90_us: u64,
+    pub(crate) p99_us: u64,
+    pub(crate) p999_us: u64,
+    pub(crate) max_us: u64,
+    /// `(quantile, µs)` pairs, denser towards the tail, for the percentile plot.
+    pub(crate) points: Vec<(f64, u64)>,
+}
+
+impl Latency {
+    /// The distribution of `samples` (µs).
+    pub(crate) fn of(mut samples: Vec<u64>) -> Self {
+        if samples.is_empty() {
+            return Latency::default();
+        }
+        samples.sort_unstable();
+        let n = samples.len();
+        let at = |q: f64| samples[((n - 1) as f64 * q).round() as usize];
+        // Quantiles 1 - 10^(-k/50): evenly spaced on the plot's "nines" axis, as far into the
+        // tail as the sample count resolves, then the maximum.
+        let mut points = Vec::new();
+        for k in 0..=250 {
+            let q = 1.0 - 10f64.powf(-f64::from(k) / 50.0);
+            if (1.0 - q) * (n as f64) < 1.0 {
+                break;
+            }
+            points.push((q, at(q)));
+        }
+        points.push((1.0, samples[n - 1]));
+        Latency {
+            count: n as u64,
+            mean_us: samples.iter().map(|&s| s as f64).sum::<f64>() / n as f64,
+            p50_us: at(0.5),
+            p90_us: at(0.9),
+            p99_us: at(0.99),
+            p999_us: at(0.999),
+            max_us: samples[n - 1],
+            points,
+        }
+    }
+}
+
+/// Operations over a time, with their latencies.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub(crate) struct Rate {
+    pub(crate) operations: u64,
+    pub(crate) errors: u64,
+    pub(crate) seconds: f64,
+    pub(crate) per_second: f64,
+    pub(crate) latency: Latency,
+}
+
+impl Rate {
+    /// `operations` done in `elapsed`, with one latency sample per request (a request may carry
+    /// several operations: a batch of renewals).
+    pub(crate) fn new(operations: u64, errors: u64, elapsed: Duration, samples: Vec<u64>) -> Self {
+        let seconds = elapsed.as_secs_f64();
+        Rate {
+            operations,
+            errors,
+            seconds,
+            per_second: operations as f64 / seconds.max(1e-9),
+            latency: Latency::of(samples),
+        }
+    }
+}
+
+/// Change → all of many watchers.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub(crate) struct Fanout {
+    pub(crate) watchers: u64,
+    pub(crate) changes: u64,
+    /// Changes not seen by every watcher within the time limit.
+    pub(crate) missed: u64,
+    /// From sending the write until the last watcher had it, per change.
+    pub(crate) all: Latency,
+    /// From sending the write until each watcher had it.
+    pub(crate) each: Latency,
+}
+
+/// A client holding instances is killed: how long until a watcher saw all of them gone.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub(crate) struct Detection {
+    pub(crate) instances: u64,
+    pub(crate) ttl_ms: u64,
+    /// Instances whose removal the watcher saw (all of them, unless the time limit ran out).
+    pub(crate) seen_gone: u64,
+    /// From sending the client's last acknowledged renewal until the watcher saw the last one
+    /// gone: the TTL plus the system's detection delay.
+    pub(crate) last_gone_after_renewal_ms: f64,
+    /// The same, from the kill.
+    pub(crate) last_gone_after_kill_ms: f64,
+    /// From the kill until the first removal was seen.
+    pub(crate) first_gone_after_kill_ms: f64,
+}
+
+/// Server memory with many instances registered.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub(crate) struct Memory {
+    pub(crate) instances: u64,
+    pub(crate) rss_before_bytes: u64,
+    pub(crate) rss_after_bytes: u64,
+    pub(crate) bytes_per_instance: f64,
+    /// The registration rate on the way (one run, same clients).
+    pub(crate) register: Rate,
+}
+
+/// Every figure of one system.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub(crate) struct SystemResults {
+    pub(crate) system: String,
+    pub(crate) version: String,
+    pub(crate) register: Rate,
+    pub(crate) renew: Rate,
+    pub(crate) lookup: Rate,
+    pub(crate) watch: Latency,
+    pub(crate) fanout: Fanout,
+    pub(crate) detection: Detection,
+    pub(crate) memory: Memory,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_of_a_known_distribution() {
+        let l = Latency::of((1..=1000).rev().collect());
+        assert_eq!(l.count, 1000);
+        assert_eq!(l.p50_us, 501);
+        assert_eq!(l.p99_us, 990);
+        assert_eq!(l.max_us, 1000);
+        assert!((l.mean_us - 500.5).abs() < 1e-9);
+        // Points climb and stop where 1000 samples no longer resolve the tail.
+        assert!(
+            l.points
+                .windows(2)
+                .all(|w| w[0].0 < w[1].0 && w[0].1 <= w[1].1)
+        );
+        assert_eq!(l.points.last(), Some(&(1.0, 1000)));
+        assert!(
+            l.points
+                .iter()
+                .all(|&(q, _)| q == 1.0 || q <= 0.999 + 1e-12)
+        );
+    }
+
+    #[test]
+    fn no_samples_no_figures() {
+        let l = Latency::of(Vec::new());
+        assert_eq!(l.count, 0);
+        assert!(l.points.is_empty());
+        let r = Rate::new(0, 3, Duration::from_secs(1), Vec::new());
+        assert_eq!(r.per_second, 0.0);
+        assert_eq!(r.errors, 3);
+    }
+}

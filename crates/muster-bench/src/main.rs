@@ -51,6 +51,21 @@ enum Command {
         #[arg(long, default_value = "docs/benchmarks.md")]
         doc: PathBuf,
     },
+    /// Registers instances into a running Muster server and exits (for profiling it).
+    Load {
+        /// The server's HTTP address.
+        #[arg(long, default_value = "http://127.0.0.1:7070")]
+        addr: String,
+        /// Instances to register.
+        #[arg(long, default_value_t = 100_000)]
+        instances: u64,
+        /// Services they spread over.
+        #[arg(long, default_value_t = 1000)]
+        services: u64,
+        /// Concurrent clients.
+        #[arg(long, default_value_t = 64)]
+        clients: u64,
+    },
     /// Internal: the client that registers instances, renews them, and is killed.
     #[command(hide = true)]
     Hold {
@@ -199,6 +214,19 @@ fn main() -> anyhow::Result<()> {
                 .with_context(|| format!("{} is not a benchmark result", from.display()))?;
                 report::write(&results, &doc, from.parent().unwrap_or(".".as_ref()))
             }
+            Command::Load {
+                addr,
+                instances,
+                services,
+                clients,
+            } => {
+                let d = Muster::new(&addr)?;
+                let hour = Duration::from_secs(3600);
+                let (rate, _) =
+                    workload::register(&d, "load", instances, services, clients, hour).await?;
+                println!("{}", serde_json::to_string_pretty(&rate.without_points())?);
+                Ok(())
+            }
             Command::Hold {
                 system,
                 addr,
@@ -307,7 +335,18 @@ where
 
     let server = Server::start(system, binary).await?;
     let d = connect(server.addr.clone()).await?;
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Warm up first: one-time allocations made on the first writes (runtime statistics,
+    // buffers, caches sized at first use) are not per instance.
+    workload::register(
+        &d,
+        "warm",
+        1000.min(p.memory_instances),
+        10,
+        p.clients,
+        hour,
+    )
+    .await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
     let before = server.rss()?;
     let (register, leases) = workload::register(
         &d,

@@ -81,6 +81,14 @@ impl Rate {
     }
 }
 
+impl Rate {
+    /// The figures without the plot's points (for printing).
+    pub(crate) fn without_points(mut self) -> Self {
+        self.latency.points.clear();
+        self
+    }
+}
+
 /// Change → all of many watchers.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub(crate) struct Fanout {

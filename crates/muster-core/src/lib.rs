@@ -27,7 +27,7 @@ pub use serde_util::{format_timestamp, parse_duration_ms};
 
 pub use lease::{Assessment, LeaseTable, ProtectionConfig, RenewError};
 pub use model::{
-    Check, CheckKind, CheckMethod, CheckRequest, Instance, InstanceSpec, RegisterRequest, Status,
-    ValidationError,
+    Check, CheckKind, CheckMethod, CheckRequest, Instance, InstanceSpec, Metadata, RegisterRequest,
+    Status, ValidationError,
 };
 pub use registry::{Applied, ApplyError, Command, Event, EventKind, Limits, Registry};

@@ -548,7 +548,11 @@ impl Registry {
                 );
             }
             (Status::Draining | Status::Starting, Status::Healthy) => {
-                let no_active_check = next.spec.check.as_ref().is_none_or(|c| !c.kind.is_probed());
+                let no_active_check = next
+                    .spec
+                    .check
+                    .as_deref()
+                    .is_none_or(|c| !c.kind.is_probed());
                 if next.status == Status::Starting && !no_active_check {
                     return Err(ApplyError::InvalidTransition {
                         from: Status::Starting,

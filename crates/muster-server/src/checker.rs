@@ -63,8 +63,8 @@ impl Role {
     /// The instance's check for this role, if it is probed.
     fn check(self, inst: &Instance) -> Option<&Check> {
         match self {
-            Role::Readiness => inst.spec.check.as_ref(),
-            Role::Liveness => inst.spec.liveness_check.as_ref(),
+            Role::Readiness => inst.spec.check.as_deref(),
+            Role::Liveness => inst.spec.liveness_check.as_deref(),
         }
         .filter(|c| c.kind.is_probed())
     }

@@ -380,7 +380,7 @@ pub(super) async fn renew_local(
     // when it says so; it may still take itself out.
     let probed = app.raft.read(|r| {
         r.get(id)
-            .and_then(|i| i.spec.check.as_ref())
+            .and_then(|i| i.spec.check.as_deref())
             .is_some_and(|c| c.kind.is_probed())
     });
     if let Some(ready) = ready.filter(|r| !probed || !*r) {

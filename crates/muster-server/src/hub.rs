@@ -165,10 +165,19 @@ pub(crate) fn sse_frame(event: &str, index: u64, data: &[u8]) -> Bytes {
     out.freeze()
 }
 
+/// One event kept for watchers. Its frame is assembled when it is sent: the JSON is the same
+/// bytes the service view holds (for an upsert), so history costs a few words per event rather
+/// than a second copy of the instance.
+struct Kept {
+    index: u64,
+    kind: EventKind,
+    json: Bytes,
+}
+
 #[derive(Default)]
 struct History {
-    frames: VecDeque<(u64, Bytes)>,
-    /// Highest index that may be missing from `frames` (trimmed, or before the slot existed).
+    events: VecDeque<Kept>,
+    /// Highest index that may be missing from `events` (trimmed, or before the slot existed).
     trimmed_through: u64,
 }
 
@@ -199,14 +208,20 @@ impl Slot {
         if after < history.trimmed_through || after < floor {
             return Since::Compacted;
         }
-        let start = history.frames.partition_point(|(i, _)| *i <= after);
-        let frames = history
-            .frames
+        let start = history.events.partition_point(|e| e.index <= after);
+        let kept: Vec<(u64, EventKind, Bytes)> = history
+            .events
             .range(start..)
-            .take_while(|(i, _)| *i <= upto)
-            .cloned()
+            .take_while(|e| e.index <= upto)
+            .map(|e| (e.index, e.kind, e.json.clone()))
             .collect();
-        Since::Events(frames)
+        drop(history);
+        let service = self.view.load().service.clone();
+        Since::Events(
+            kept.into_iter()
+                .map(|(index, kind, json)| (index, event_frame(&service, kind, index, &json)))
+                .collect(),
+        )
     }
 }
 
@@ -416,10 +431,14 @@ impl Hub {
             let old = slot.view();
             let mut instances = old.instances.clone();
             let mut statuses = old.statuses;
-            let mut frames = Vec::with_capacity(evs.len());
+            let mut kept = Vec::with_capacity(evs.len());
             for ev in evs {
                 let json = encode(&ev.instance);
-                frames.push((ev.index, event_frame(service, ev, &json)));
+                kept.push(Kept {
+                    index: ev.index,
+                    kind: ev.kind,
+                    json: json.clone(),
+                });
                 let id = ev.instance.spec.instance_id.as_str();
                 let pos =
                     instances.binary_search_by(|e| e.instance.spec.instance_id.as_str().cmp(id));
@@ -449,10 +468,10 @@ impl Hub {
             let index = registry.service_index(service).unwrap_or(registry.index());
             {
                 let mut history = slot.history.lock().unwrap_or_else(|p| p.into_inner());
-                history.frames.extend(frames);
-                while history.frames.len() > self.history_len {
-                    if let Some((i, _)) = history.frames.pop_front() {
-                        history.trimmed_through = i;
+                history.events.extend(kept);
+                while history.events.len() > self.history_len {
+                    if let Some(e) = history.events.pop_front() {
+                        history.trimmed_through = e.index;
                     }
                 }
             }
@@ -500,7 +519,7 @@ impl Hub {
             empty += usize::from(instances.is_empty());
             let svc_index = registry.service_index(name).unwrap_or(index);
             *slot.history.lock().unwrap_or_else(|p| p.into_inner()) = History {
-                frames: VecDeque::new(),
+                events: VecDeque::new(),
                 trimmed_through: index,
             };
             slot.view.store(Arc::new(ServiceView::new(
@@ -543,25 +562,29 @@ fn new_slot(name: Arc<str>, index: u64, trimmed_through: u64) -> Arc<Slot> {
         view: ArcSwap::from_pointee(ServiceView::new(name, index, Vec::new())),
         index: watch::Sender::new(index),
         history: Mutex::new(History {
-            frames: VecDeque::new(),
+            events: VecDeque::new(),
             trimmed_through,
         }),
     })
 }
 
 /// The SSE frame of one change.
-fn event_frame(service: &str, ev: &Event, json: &[u8]) -> Bytes {
-    let kind = match ev.kind {
+fn event_frame(service: &str, kind: EventKind, index: u64, json: &[u8]) -> Bytes {
+    let kind = match kind {
         EventKind::Upsert => "upsert",
         EventKind::Delete => "delete",
     };
-    let mut data = BytesMut::with_capacity(json.len() + 80);
-    data.put_slice(format!("{{\"type\":\"{kind}\",\"service\":").as_bytes());
-    put_json_str(&mut data, service);
-    data.put_slice(format!(",\"index\":{},\"instance\":", ev.index).as_bytes());
-    data.put_slice(json);
-    data.put_u8(b'}');
-    sse_frame(kind, ev.index, &data)
+    // The same bytes as `sse_frame(kind, index, data)`, built in one buffer: this runs for
+    // every watcher an event reaches.
+    let mut out = BytesMut::with_capacity(json.len() + service.len() + 120);
+    out.put_slice(
+        format!("event: {kind}\nid: {index}\ndata: {{\"type\":\"{kind}\",\"service\":").as_bytes(),
+    );
+    put_json_str(&mut out, service);
+    out.put_slice(format!(",\"index\":{index},\"instance\":").as_bytes());
+    out.put_slice(json);
+    out.put_slice(b"}\n\n");
+    out.freeze()
 }
 
 fn encode(inst: &Instance) -> Bytes {

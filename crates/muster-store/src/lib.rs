@@ -35,8 +35,11 @@ const BLOB: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("blob");
 /// The file name of the database inside a data directory.
 pub const DB_FILE: &str = "muster.redb";
 
-/// redb's page cache.
-const CACHE_BYTES: usize = 64 * 1024 * 1024;
+/// redb's page cache. Muster reads the store only at start-up and for snapshots; the cache
+/// mostly holds pages being written, and the B-tree's upper levels that each commit touches.
+/// 64 MiB cost ~670 bytes of RSS per instance at 100,000 instances (muster-bench's memory run)
+/// for no measured gain in write throughput over 8 MiB.
+const CACHE_BYTES: usize = 8 * 1024 * 1024;
 
 /// Most submissions one group commit takes from the queue.
 const MAX_BATCH: usize = 4096;

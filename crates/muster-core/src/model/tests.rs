@@ -295,3 +295,28 @@ fn expected_status_ranges() {
     let d = StatusRange::default();
     assert!(d.contains(200) && d.contains(399) && !d.contains(404));
 }
+
+#[test]
+fn metadata_is_a_sorted_json_object() {
+    let md: Metadata = serde_json::from_str(r#"{"b":"2","a":"1","c":"","a":"3"}"#).unwrap();
+    // Ordered by key; a repeated key keeps its last value, as a map would.
+    assert_eq!(
+        md.iter().collect::<Vec<_>>(),
+        [("a", "3"), ("b", "2"), ("c", "")]
+    );
+    assert_eq!(md.get("b"), Some("2"));
+    assert_eq!(md.get("z"), None);
+    assert_eq!(md.len(), 3);
+    assert_eq!(
+        serde_json::to_string(&md).unwrap(),
+        r#"{"a":"3","b":"2","c":""}"#
+    );
+    let empty: Metadata = serde_json::from_str("{}").unwrap();
+    assert!(empty.is_empty());
+    assert_eq!(serde_json::to_string(&empty).unwrap(), "{}");
+    assert!(serde_json::from_str::<Metadata>(r#"{"a":1}"#).is_err());
+    let collected: Metadata = [("y".to_string(), "1".to_string()), ("x".into(), "2".into())]
+        .into_iter()
+        .collect();
+    assert_eq!(collected.iter().next(), Some(("x", "2")));
+}

@@ -136,9 +136,13 @@ fn instance(i: &Instance) -> pb::Instance {
         deployment_group: s.deployment_group.clone(),
         protocol: s.protocol.clone(),
         tags: s.tags.clone(),
-        metadata: s.metadata.clone().into_iter().collect(),
-        check: s.check.as_ref().map(check),
-        liveness_check: s.liveness_check.as_ref().map(check),
+        metadata: s
+            .metadata
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        check: s.check.as_deref().map(check),
+        liveness_check: s.liveness_check.as_deref().map(check),
         lease_ttl: duration(s.lease_ttl),
         status: i.status.as_str().to_string(),
         status_reason: i.status_reason.clone(),

@@ -357,3 +357,11 @@ mod incremental {
         }
     }
 }
+
+#[test]
+fn an_event_frame_is_the_sse_frame_of_its_event() {
+    let json = br#"{"instanceId":"a"}"#;
+    let frame = event_frame("svc\"x", EventKind::Delete, 42, json);
+    let data = br#"{"type":"delete","service":"svc\"x","index":42,"instance":{"instanceId":"a"}}"#;
+    assert_eq!(frame, sse_frame("delete", 42, data));
+}

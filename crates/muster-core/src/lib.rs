@@ -30,4 +30,6 @@ pub use model::{
     Check, CheckKind, CheckMethod, CheckRequest, Instance, InstanceSpec, Metadata, RegisterRequest,
     Status, ValidationError,
 };
-pub use registry::{Applied, ApplyError, Command, Event, EventKind, Limits, Registry};
+pub use registry::{
+    Applied, ApplyError, Command, Event, EventKind, Limits, Registry, RegistrySnapshot,
+};

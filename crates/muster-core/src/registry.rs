@@ -264,6 +264,16 @@ struct SnapshotForm {
     instances: Vec<Arc<Instance>>,
 }
 
+/// A registry's state taken for a snapshot ([`Registry::snapshot_parts`]).
+pub struct RegistrySnapshot(SnapshotForm);
+
+impl RegistrySnapshot {
+    /// Streams the snapshot bytes (what [`Registry::restore`] reads) into `w`.
+    pub fn write_to(&self, w: impl std::io::Write) -> std::io::Result<()> {
+        serde_json::to_writer(w, &self.0).map_err(std::io::Error::other)
+    }
+}
+
 /// A snapshot that could not be read back.
 #[derive(Debug, thiserror::Error)]
 #[error("registry snapshot is corrupt: {0}")]
@@ -722,7 +732,17 @@ impl Registry {
 
     /// The registry as bytes, for a Raft snapshot.
     pub fn snapshot(&self) -> Vec<u8> {
-        let form = SnapshotForm {
+        let mut out = Vec::new();
+        self.snapshot_parts()
+            .write_to(&mut out)
+            .unwrap_or_else(|e| unreachable!("registry always encodes: {e}"));
+        out
+    }
+
+    /// What a snapshot holds, taken cheaply (the instances are shared, not copied) so that the
+    /// encoding, [`RegistrySnapshot::write_to`], can run without the registry.
+    pub fn snapshot_parts(&self) -> RegistrySnapshot {
+        RegistrySnapshot(SnapshotForm {
             index: self.index,
             services: self
                 .services
@@ -730,8 +750,7 @@ impl Registry {
                 .map(|(k, v)| (k.clone(), v.modify_index))
                 .collect(),
             instances: self.instances.values().cloned().collect(),
-        };
-        serde_json::to_vec(&form).unwrap_or_else(|e| unreachable!("registry always encodes: {e}"))
+        })
     }
 
     /// Rebuilds a registry from [`Registry::snapshot`] bytes.

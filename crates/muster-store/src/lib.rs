@@ -1,5 +1,5 @@
-//! Muster's durable storage: a Raft log, a small metadata map and the current snapshot, in one
-//! redb file, written by one thread that group-commits.
+//! Muster's durable storage: a Raft log and a small metadata map in one redb file, written by
+//! one thread that group-commits, and the current snapshot in a file of its own beside it.
 //!
 //! ```text
 //!   submit(writes, done) ─┐
@@ -18,9 +18,15 @@
 //! - Writes are applied in submission order: submissions from one thread are never reordered, so
 //!   a truncate followed by an append lands as a truncate followed by an append.
 //! - One failed commit fails every submission in its batch; nothing of that batch is visible.
+//! - A snapshot is streamed to `snapshot.tmp`, fsynced, renamed over `snapshot` and the directory
+//!   fsynced: a crash leaves the old snapshot or the new one, never a mix. It is written outside
+//!   redb because a large value there costs its size several times over in memory (the encoded
+//!   value, redb's dirty pages, and a read of the value it replaces) and is stored in a page
+//!   rounded up to a power of two.
 
+use std::io::Write as _;
 use std::ops::RangeBounds;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 
@@ -34,11 +40,12 @@ const BLOB: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("blob");
 
 /// The file name of the database inside a data directory.
 pub const DB_FILE: &str = "muster.redb";
+/// The file name of the current snapshot inside a data directory.
+pub const SNAPSHOT_FILE: &str = "snapshot";
+const SNAPSHOT_TMP: &str = "snapshot.tmp";
 
-/// redb's page cache. Muster reads the store only at start-up and for snapshots; the cache
-/// mostly holds pages being written, and the B-tree's upper levels that each commit touches.
-/// 64 MiB cost ~670 bytes of RSS per instance at 100,000 instances (muster-bench's memory run)
-/// for no measured gain in write throughput over 8 MiB.
+/// redb's page cache. Muster reads redb only at start-up; the cache mostly holds pages being
+/// written, and the B-tree's upper levels that each commit touches.
 const CACHE_BYTES: usize = 8 * 1024 * 1024;
 
 /// Most submissions one group commit takes from the queue.
@@ -59,6 +66,9 @@ pub enum StoreError {
         /// What went wrong.
         source: std::io::Error,
     },
+    /// The snapshot file could not be written or read.
+    #[error("snapshot file: {0}")]
+    Snapshot(std::io::Error),
     /// The writer thread has stopped (the store is shutting down or a previous commit panicked).
     #[error("storage writer has stopped")]
     Closed,
@@ -113,6 +123,15 @@ pub struct Store {
     stats: Arc<StoreStats>,
     /// Commit in the caller instead of the writer thread (the in-memory store of simulations).
     inline: bool,
+    snapshot: Arc<SnapshotSlot>,
+}
+
+/// Where the snapshot lives.
+enum SnapshotSlot {
+    /// A file in the data directory.
+    Dir(PathBuf),
+    /// In memory, for the in-memory store (shared by its clones, like the database).
+    Memory(Mutex<Option<Vec<u8>>>),
 }
 
 struct Writer {
@@ -157,13 +176,13 @@ impl Store {
             path: dir.display().to_string(),
             source,
         })?;
-        // Muster reads from disk only at start-up and for snapshots (the Raft log is served from
-        // memory), so redb's default 1 GiB page cache would only hold written pages.
+        // Muster reads redb only at start-up (the Raft log is served from memory; snapshots are a
+        // file), so redb's default 1 GiB page cache would only hold written pages.
         let db = Database::builder()
             .set_cache_size(CACHE_BYTES)
             .create(dir.join(DB_FILE))
             .map_err(StoreError::redb)?;
-        Self::with_db(db, false)
+        Self::with_db(db, false, SnapshotSlot::Dir(dir.to_path_buf()))
     }
 
     /// A store in memory (redb's in-memory backend) that commits each submission in the
@@ -175,12 +194,13 @@ impl Store {
         let db = Database::builder()
             .create_with_backend(redb::backends::InMemoryBackend::new())
             .map_err(StoreError::redb)?;
-        Ok(Self::with_db(db, true)?.0)
+        Ok(Self::with_db(db, true, SnapshotSlot::Memory(Mutex::new(None)))?.0)
     }
 
     fn with_db(
         db: Database,
         inline: bool,
+        snapshot: SnapshotSlot,
     ) -> Result<(Store, mpsc::Receiver<Submission>), StoreError> {
         // Make sure every table exists so that reads never see "table does not exist".
         let txn = db.begin_write().map_err(StoreError::redb)?;
@@ -198,6 +218,7 @@ impl Store {
             tx: Arc::new(writer),
             stats: Arc::default(),
             inline,
+            snapshot: Arc::new(snapshot),
         };
         Ok((store, rx))
     }
@@ -298,6 +319,60 @@ impl Store {
     /// Reads a committed large value.
     pub fn blob(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
         self.get(BLOB, key)
+    }
+
+    /// Whether writes commit in the caller (the in-memory store): blocking work may then run in
+    /// place, where a real store would move it off the async runtime.
+    pub fn is_inline(&self) -> bool {
+        self.inline
+    }
+
+    /// Replaces the snapshot with what `fill` writes, durably (see the module's correctness
+    /// notes). Blocking: file I/O and fsync.
+    pub fn write_snapshot(
+        &self,
+        fill: impl FnOnce(&mut dyn std::io::Write) -> std::io::Result<()>,
+    ) -> Result<(), StoreError> {
+        match &*self.snapshot {
+            SnapshotSlot::Memory(slot) => {
+                let mut bytes = Vec::new();
+                fill(&mut bytes).map_err(StoreError::Snapshot)?;
+                *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(bytes);
+                Ok(())
+            }
+            SnapshotSlot::Dir(dir) => {
+                let tmp = dir.join(SNAPSHOT_TMP);
+                let write = || -> std::io::Result<()> {
+                    let file = std::fs::File::create(&tmp)?;
+                    let mut out = std::io::BufWriter::with_capacity(1 << 20, file);
+                    fill(&mut out)?;
+                    out.flush()?;
+                    let file = out.into_inner().map_err(|e| e.into_error())?;
+                    file.sync_all()?;
+                    drop(file);
+                    std::fs::rename(&tmp, dir.join(SNAPSHOT_FILE))?;
+                    std::fs::File::open(dir)?.sync_all()
+                };
+                write().map_err(|e| {
+                    let _ = std::fs::remove_file(&tmp);
+                    StoreError::Snapshot(e)
+                })
+            }
+        }
+    }
+
+    /// The current snapshot's bytes, if one was written.
+    pub fn read_snapshot(&self) -> Result<Option<Vec<u8>>, StoreError> {
+        match &*self.snapshot {
+            SnapshotSlot::Memory(slot) => {
+                Ok(slot.lock().unwrap_or_else(|p| p.into_inner()).clone())
+            }
+            SnapshotSlot::Dir(dir) => match std::fs::read(dir.join(SNAPSHOT_FILE)) {
+                Ok(bytes) => Ok(Some(bytes)),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+                Err(e) => Err(StoreError::Snapshot(e)),
+            },
+        }
     }
 
     fn get(

@@ -93,3 +93,45 @@ fn the_in_memory_store_commits_inline_and_clones_share_data() {
     again.write_blocking(vec![Write::TruncateFrom(2)]).unwrap();
     assert_eq!(again.log_bounds().unwrap(), Some((1, 1)));
 }
+
+#[test]
+fn a_snapshot_file_is_replaced_whole_or_not_at_all() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    assert_eq!(store.read_snapshot().unwrap(), None);
+    store.write_snapshot(|w| w.write_all(b"first")).unwrap();
+    assert_eq!(
+        store.read_snapshot().unwrap().as_deref(),
+        Some(&b"first"[..])
+    );
+    // A writer that fails half way leaves the previous snapshot in place.
+    let failed = store.write_snapshot(|w| {
+        w.write_all(b"half")?;
+        Err(std::io::Error::other("encoding failed"))
+    });
+    assert!(matches!(failed, Err(StoreError::Snapshot(_))));
+    assert_eq!(
+        store.read_snapshot().unwrap().as_deref(),
+        Some(&b"first"[..])
+    );
+    store.write_snapshot(|w| w.write_all(b"second")).unwrap();
+    drop(store);
+    // It survives a reopen, and no temporary file is left behind.
+    let store = Store::open(dir.path()).unwrap();
+    assert_eq!(
+        store.read_snapshot().unwrap().as_deref(),
+        Some(&b"second"[..])
+    );
+    assert!(!dir.path().join("snapshot.tmp").exists());
+}
+
+#[test]
+fn the_in_memory_store_keeps_its_snapshot_across_clones() {
+    let store = Store::in_memory_inline().unwrap();
+    assert!(store.is_inline());
+    store.write_snapshot(|w| w.write_all(b"snap")).unwrap();
+    assert_eq!(
+        store.clone().read_snapshot().unwrap().as_deref(),
+        Some(&b"snap"[..])
+    );
+}

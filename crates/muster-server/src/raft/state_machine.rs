@@ -1,4 +1,4 @@
-//! The registry as openraft's state machine, with snapshots persisted in the store.
+//! The registry as openraft's state machine, with snapshots persisted by the store (a file).
 //!
 //! # Correctness
 //!
@@ -6,19 +6,19 @@
 //!   snapshot (built concurrently with apply) always describes a state that really existed.
 //! - Responders are answered only after the whole batch is applied and the observer has seen it,
 //!   so a client that gets its answer can read its own write on this node.
-//! - A snapshot is durable in the store before openraft is told it exists (and may purge the log
-//!   behind it).
+//! - A snapshot is durable in the store (its file fsynced and renamed into place) before openraft
+//!   is told it exists (and may purge the log behind it).
 
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use futures_util::{Stream, TryStreamExt};
-use muster_core::{Applied, Registry};
-use muster_store::{Store, Write};
+use muster_core::{Applied, Registry, RegistrySnapshot};
+use muster_store::Store;
 use openraft::alias::{LogIdOf, SnapshotMetaOf, SnapshotOf, StoredMembershipOf};
 use openraft::storage::{EntryResponder, RaftStateMachine};
 use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder, StoredMembership};
 
-use super::{ApplyObserver, Response, TypeConfig, durable, io_err};
+use super::{ApplyObserver, Response, TypeConfig, io_err};
 
 type LogId = LogIdOf<TypeConfig>;
 type Membership = StoredMembershipOf<TypeConfig>;
@@ -74,19 +74,37 @@ impl StateMachine {
     }
 }
 
+/// What a snapshot is written from.
+enum Source {
+    /// Built here: streamed from the registry's parts, never encoded whole in memory.
+    Registry(Arc<RegistrySnapshot>),
+    /// Received from the leader.
+    Bytes(Vec<u8>),
+}
+
 impl StateMachine {
-    /// Stores a snapshot unless the stored one is at least as new. A build (which runs beside
-    /// apply) can finish after an install of a newer snapshot; overwriting that would leave a
-    /// snapshot older than the purged log, from which the node could never restart.
+    /// The stored snapshot: the snapshot file or, in a data directory from before snapshots were
+    /// files, the store's blob.
+    fn stored_bytes(&self) -> Result<Option<Vec<u8>>, std::io::Error> {
+        match self.shared.store.read_snapshot().map_err(io_err)? {
+            Some(bytes) => Ok(Some(bytes)),
+            None => self.shared.store.blob(KEY_SNAPSHOT).map_err(io_err),
+        }
+    }
+
+    /// Stores a snapshot unless the stored one is at least as new, and says whether it did. A
+    /// build (which runs beside apply) can finish after an install of a newer snapshot;
+    /// overwriting that would leave a snapshot older than the purged log, from which the node
+    /// could never restart.
     async fn persist_snapshot(
         &self,
         meta: &SnapshotMeta,
-        data: &[u8],
-    ) -> Result<(), std::io::Error> {
+        source: Source,
+    ) -> Result<bool, std::io::Error> {
         let mut stored = self.shared.stored_snapshot.lock().await;
         if stored.is_none() {
-            let current = match self.shared.store.blob(KEY_SNAPSHOT).map_err(io_err)? {
-                Some(bytes) => decode_snapshot(&bytes)?.0.last_log_id.map(|l| l.index),
+            let current = match self.stored_bytes()? {
+                Some(bytes) => decode_snapshot(bytes)?.0.last_log_id.map(|l| l.index),
                 None => None,
             };
             *stored = Some(current);
@@ -101,31 +119,42 @@ impl StateMachine {
                 ?current,
                 "not storing a snapshot older than the stored one"
             );
-            return Ok(());
+            return Ok(false);
         }
-        let blob = encode_snapshot(meta, data)?;
-        durable(
-            &self.shared.store,
-            vec![Write::PutBlob(KEY_SNAPSHOT.into(), blob)],
-        )
-        .await?;
+        let store = self.shared.store.clone();
+        let meta_json = serde_json::to_vec(meta).map_err(io_err)?;
+        let write = move || {
+            store
+                .write_snapshot(|out| {
+                    write_header(out, &meta_json)?;
+                    match &source {
+                        Source::Registry(parts) => parts.write_to(out),
+                        Source::Bytes(bytes) => out.write_all(bytes),
+                    }
+                })
+                .map_err(io_err)
+        };
+        if self.shared.store.is_inline() {
+            write()?;
+        } else {
+            // File I/O and the encoding of a large registry stay off the async workers.
+            tokio::task::spawn_blocking(write).await.map_err(io_err)??;
+        }
         *stored = Some(new);
-        Ok(())
+        Ok(true)
     }
 }
 
-/// Snapshot layout in the store: `[meta length: u32 LE][meta JSON][registry snapshot]`.
-fn encode_snapshot(meta: &SnapshotMeta, data: &[u8]) -> Result<Vec<u8>, std::io::Error> {
-    let meta = serde_json::to_vec(meta).map_err(io_err)?;
-    let len = u32::try_from(meta.len()).map_err(io_err)?;
-    let mut out = Vec::with_capacity(4 + meta.len() + data.len());
-    out.extend_from_slice(&len.to_le_bytes());
-    out.extend_from_slice(&meta);
-    out.extend_from_slice(data);
-    Ok(out)
+/// Snapshot layout: `[meta length: u32 LE][meta JSON][registry snapshot]`.
+fn write_header(out: &mut dyn std::io::Write, meta_json: &[u8]) -> Result<(), std::io::Error> {
+    let len = u32::try_from(meta_json.len()).map_err(io_err)?;
+    out.write_all(&len.to_le_bytes())?;
+    out.write_all(meta_json)
 }
 
-fn decode_snapshot(bytes: &[u8]) -> Result<(SnapshotMeta, Vec<u8>), std::io::Error> {
+/// Splits stored snapshot bytes into the meta and the registry snapshot (in place: the registry
+/// part keeps the buffer).
+fn decode_snapshot(mut bytes: Vec<u8>) -> Result<(SnapshotMeta, Vec<u8>), std::io::Error> {
     let corrupt = || io_err("stored snapshot is truncated");
     let len_bytes: [u8; 4] = bytes
         .get(..4)
@@ -135,25 +164,38 @@ fn decode_snapshot(bytes: &[u8]) -> Result<(SnapshotMeta, Vec<u8>), std::io::Err
     let len = u32::from_le_bytes(len_bytes) as usize;
     let meta = bytes.get(4..4 + len).ok_or_else(corrupt)?;
     let meta: SnapshotMeta = serde_json::from_slice(meta).map_err(io_err)?;
-    Ok((meta, bytes[4 + len..].to_vec()))
+    bytes.drain(..4 + len);
+    Ok((meta, bytes))
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
     type SnapshotData = Vec<u8>;
 
     async fn build_snapshot(&mut self) -> Result<Snapshot, std::io::Error> {
-        // Copy under the lock (pointer copies), encode outside it: apply is not held up while a
-        // large registry is serialized.
-        let (meta, registry) = {
+        // Take the parts under the lock (pointer copies), encode outside it: apply is not held
+        // up while a large registry is serialized, and the encoding streams to the file.
+        let (meta, parts) = {
             let state = self.read_state();
             let meta = SnapshotMeta {
                 last_log_id: state.last_applied,
                 last_membership: state.membership.clone(),
             };
-            (meta, state.registry.clone())
+            (meta, Arc::new(state.registry.snapshot_parts()))
         };
-        let data = registry.snapshot();
-        self.persist_snapshot(&meta, &data).await?;
+        let written = self
+            .persist_snapshot(&meta, Source::Registry(parts.clone()))
+            .await?;
+        // openraft keeps only the meta of a built snapshot (it serves transfers from
+        // `get_current_snapshot`), but the builder's contract is the whole snapshot: read the
+        // bytes back rather than holding the encoding in memory while writing it.
+        let data = match self.stored_bytes()?.map(decode_snapshot).transpose()? {
+            Some((stored, data)) if written && stored.last_log_id == meta.last_log_id => data,
+            _ => {
+                let mut data = Vec::new();
+                parts.write_to(&mut data)?;
+                data
+            }
+        };
         tracing::info!(index = ?meta.last_log_id.map(|l| l.index), bytes = data.len(), "snapshot built");
         Ok(Snapshot {
             meta,
@@ -250,7 +292,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         snapshot: Vec<u8>,
     ) -> Result<(), std::io::Error> {
         let registry = Registry::restore(&snapshot).map_err(io_err)?;
-        self.persist_snapshot(meta, &snapshot).await?;
+        self.persist_snapshot(meta, Source::Bytes(snapshot)).await?;
         let mut state = self.write_state();
         state.registry = registry;
         state.last_applied = meta.last_log_id;
@@ -261,10 +303,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, std::io::Error> {
-        let Some(bytes) = self.shared.store.blob(KEY_SNAPSHOT).map_err(io_err)? else {
+        let Some(bytes) = self.stored_bytes()? else {
             return Ok(None);
         };
-        let (meta, snapshot) = decode_snapshot(&bytes)?;
+        let (meta, snapshot) = decode_snapshot(bytes)?;
         Ok(Some(Snapshot { meta, snapshot }))
     }
 }

@@ -60,6 +60,10 @@ pub(crate) trait Driver: Clone + Send + Sync + 'static {
     /// Opens a renewal channel.
     fn renewer(&self) -> impl Future<Output = anyhow::Result<Self::Renewer>> + Send;
 
+    /// Another client of the same server with a connection of its own (one of many separate
+    /// watchers, as separate processes would be).
+    fn own_client(&self) -> impl Future<Output = anyhow::Result<Self>> + Send;
+
     /// Watches `services`; returns once the watch is established. Events after that arrive on
     /// the receiver; dropping it ends the watch.
     fn watch(
@@ -173,6 +177,10 @@ impl Driver for Muster {
         Ok(self.clone())
     }
 
+    async fn own_client(&self) -> anyhow::Result<Muster> {
+        Muster::new(&self.base)
+    }
+
     async fn watch(&self, services: &[String]) -> anyhow::Result<mpsc::UnboundedReceiver<Seen>> {
         let query = {
             let mut query = form_urlencoded::Serializer::new(String::new());
@@ -254,6 +262,7 @@ fn count(haystack: &[u8], needle: &str) -> usize {
 /// etcd over its v3 gRPC API, spreading calls over a few HTTP/2 connections.
 #[derive(Clone)]
 pub(crate) struct Etcd {
+    addr: Arc<str>,
     channels: Arc<[tonic::transport::Channel]>,
     next: Arc<AtomicUsize>,
 }
@@ -286,6 +295,7 @@ impl Etcd {
             channels.push(channel);
         }
         Ok(Etcd {
+            addr: addr.into(),
             channels: channels.into(),
             next: Arc::new(AtomicUsize::new(0)),
         })
@@ -364,6 +374,10 @@ impl Driver for Etcd {
             .await?
             .into_inner();
         Ok(resp.kvs.len())
+    }
+
+    async fn own_client(&self) -> anyhow::Result<Etcd> {
+        Etcd::connect(&self.addr, 1).await
     }
 
     async fn renewer(&self) -> anyhow::Result<EtcdRenewer> {

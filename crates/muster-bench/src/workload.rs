@@ -241,8 +241,9 @@ pub(crate) async fn watch<D: Driver>(d: &D, changes: u64) -> anyhow::Result<Late
     Ok(Latency::of(lat))
 }
 
-/// `watchers` watchers of one service; `changes` sequential changes, each waited for until
-/// every watcher had it (or 5 s passed).
+/// `watchers` watchers of one service, each a client with its own connection (as separate
+/// processes would be); `changes` sequential changes, each waited for until every watcher had it
+/// (or 5 s passed).
 pub(crate) async fn fanout<D: Driver>(
     d: &D,
     watchers: u64,
@@ -253,7 +254,7 @@ pub(crate) async fn fanout<D: Driver>(
     let (tx, mut rx) = mpsc::unbounded_channel::<(u64, Seen)>();
     let opening = Progress::start("fan-out watchers".into(), Some(watchers));
     for w in 0..watchers {
-        let mut one = d.watch(&["fanout-0".into()]).await?;
+        let mut one = d.own_client().await?.watch(&["fanout-0".into()]).await?;
         let tx = tx.clone();
         tokio::spawn(async move {
             while let Some(seen) = one.recv().await {

@@ -179,6 +179,10 @@ struct History {
     events: VecDeque<Kept>,
     /// Highest index that may be missing from `events` (trimmed, or before the slot existed).
     trimmed_through: u64,
+    /// The frames of the last batch's events (the last `recent.len()` of `events`), assembled
+    /// once when the service has watchers (they all want exactly these); replaced by the next
+    /// batch. Never longer than `events`.
+    recent: Vec<Bytes>,
 }
 
 /// What a watcher gets when it asks for a service's events after an index.
@@ -209,17 +213,32 @@ impl Slot {
             return Since::Compacted;
         }
         let start = history.events.partition_point(|e| e.index <= after);
-        let kept: Vec<(u64, EventKind, Bytes)> = history
+        // Frames of the last batch are shared; older ones are assembled here, outside the lock.
+        // `recent` holds the frames of the last `recent.len()` events, in order (several events
+        // can share an index, so they are matched by position).
+        let first_recent = history.events.len() - history.recent.len();
+        /// A frame ready to share, or what to assemble one from.
+        type Wanted = Result<(u64, Bytes), (u64, EventKind, Bytes)>;
+        let wanted: Vec<Wanted> = history
             .events
             .range(start..)
             .take_while(|e| e.index <= upto)
-            .map(|e| (e.index, e.kind, e.json.clone()))
+            .enumerate()
+            .map(|(k, e)| match (start + k).checked_sub(first_recent) {
+                Some(r) => Ok((e.index, history.recent[r].clone())),
+                None => Err((e.index, e.kind, e.json.clone())),
+            })
             .collect();
         drop(history);
         let service = self.view.load().service.clone();
         Since::Events(
-            kept.into_iter()
-                .map(|(index, kind, json)| (index, event_frame(&service, kind, index, &json)))
+            wanted
+                .into_iter()
+                .map(|w| {
+                    w.unwrap_or_else(|(index, kind, json)| {
+                        (index, event_frame(&service, kind, index, &json))
+                    })
+                })
                 .collect(),
         )
     }
@@ -468,6 +487,13 @@ impl Hub {
             let index = registry.service_index(service).unwrap_or(registry.index());
             {
                 let mut history = slot.history.lock().unwrap_or_else(|p| p.into_inner());
+                history.recent.clear();
+                if slot.index.receiver_count() > 0 && kept.len() <= self.history_len {
+                    history.recent = kept
+                        .iter()
+                        .map(|e| event_frame(service, e.kind, e.index, &e.json))
+                        .collect();
+                }
                 history.events.extend(kept);
                 while history.events.len() > self.history_len {
                     if let Some(e) = history.events.pop_front() {
@@ -521,6 +547,7 @@ impl Hub {
             *slot.history.lock().unwrap_or_else(|p| p.into_inner()) = History {
                 events: VecDeque::new(),
                 trimmed_through: index,
+                recent: Vec::new(),
             };
             slot.view.store(Arc::new(ServiceView::new(
                 name.clone(),
@@ -564,6 +591,7 @@ fn new_slot(name: Arc<str>, index: u64, trimmed_through: u64) -> Arc<Slot> {
         history: Mutex::new(History {
             events: VecDeque::new(),
             trimmed_through,
+            recent: Vec::new(),
         }),
     })
 }

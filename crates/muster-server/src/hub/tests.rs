@@ -365,3 +365,49 @@ fn an_event_frame_is_the_sse_frame_of_its_event() {
     let data = br#"{"type":"delete","service":"svc\"x","index":42,"instance":{"instanceId":"a"}}"#;
     assert_eq!(frame, sse_frame("delete", 42, data));
 }
+
+#[test]
+fn frames_shared_with_watchers_equal_frames_assembled_later() {
+    // `watched` has a subscriber while the batches apply (its last batch's frames are kept
+    // ready); `quiet` gets its first subscriber afterwards (every frame is assembled on demand).
+    let expire = Command::Expire {
+        instances: vec![("a1".into(), 1), ("a2".into(), 2), ("a3".into(), 3)],
+        term: 0,
+        at: 9,
+    };
+    let batches = [
+        vec![register("a", "a1", "", true)],
+        vec![
+            register("a", "a2", "", true),
+            register("a", "a3", "", false),
+        ],
+        vec![expire],
+    ];
+    let mut watched = World::new(16);
+    let early = watched.hub.subscribe("a").unwrap();
+    let mut quiet = World::new(16);
+    for batch in &batches {
+        watched.apply(batch);
+        quiet.apply(batch);
+    }
+    let frames = |w: &World, sub: (Arc<Slot>, watch::Receiver<u64>)| {
+        let mut cursors = vec![Cursor::resume_at(sub.0, sub.1, 2)];
+        let mut out = VecDeque::new();
+        w.hub.catch_up(&mut cursors, &mut out);
+        out
+    };
+    let late = quiet.hub.subscribe("a").unwrap();
+    let shared = frames(&watched, early);
+    assert_eq!(shared, frames(&quiet, late));
+    assert_eq!(
+        shared.len(),
+        5,
+        "two registrations at 2-3, three deletes at 4"
+    );
+    let deleted: Vec<bool> = ["a1", "a2", "a3"]
+        .iter()
+        .zip(shared.iter().skip(2))
+        .map(|(id, f)| String::from_utf8_lossy(f).contains(&format!("\"instanceId\":\"{id}\"")))
+        .collect();
+    assert_eq!(deleted, [true, true, true], "deletes in order");
+}

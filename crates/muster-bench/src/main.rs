@@ -85,6 +85,9 @@ struct RunArgs {
     /// Small counts and short durations (the CI smoke run); overrides the sizes.
     #[arg(long)]
     quick: bool,
+    /// Run only these workloads (for profiling one of them; the report needs them all).
+    #[arg(long, value_enum, value_delimiter = ',', conflicts_with = "doc")]
+    only: Vec<Workload>,
     /// The `muster` binary (default: next to this one).
     #[arg(long)]
     muster: Option<PathBuf>,
@@ -97,6 +100,18 @@ struct RunArgs {
     /// Regenerate this markdown report (and the plots next to the JSON) from the result.
     #[arg(long)]
     doc: Option<PathBuf>,
+}
+
+/// The workloads, by name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum Workload {
+    Register,
+    Renew,
+    Lookup,
+    Watch,
+    Fanout,
+    Detection,
+    Memory,
 }
 
 /// Sizes of the workloads.
@@ -252,12 +267,17 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     };
     let connections = usize::try_from(params.clients.div_ceil(8)).unwrap_or(8);
     eprintln!("muster ({})", muster_bin.display());
-    let muster = measure(System::Muster, &muster_bin, &params, |addr| async move {
-        Muster::new(&addr)
-    })
+    let only = &args.only;
+    let muster = measure(
+        System::Muster,
+        &muster_bin,
+        &params,
+        only,
+        |addr| async move { Muster::new(&addr) },
+    )
     .await?;
     eprintln!("etcd ({})", etcd_bin.display());
-    let etcd = measure(System::Etcd, &etcd_bin, &params, |addr| async move {
+    let etcd = measure(System::Etcd, &etcd_bin, &params, only, |addr| async move {
         Etcd::connect(&addr, connections).await
     })
     .await?;
@@ -289,6 +309,7 @@ async fn measure<D, F, Fut>(
     system: System,
     binary: &std::path::Path,
     p: &Params,
+    only: &[Workload],
     connect: F,
 ) -> anyhow::Result<SystemResults>
 where
@@ -304,34 +325,51 @@ where
     };
     let hour = Duration::from_secs(3600);
     let seconds = Duration::from_secs(p.seconds);
+    let runs = |w: Workload| only.is_empty() || only.contains(&w);
     let server = Server::start(system, binary).await?;
     let d = connect(server.addr.clone()).await?;
 
+    // Renewals renew the registered leases: registration always runs.
     let (register, leases) =
         workload::register(&d, "svc", p.instances, p.services, p.clients, hour).await?;
     eprintln!("  register: {:.0}/s", register.per_second);
     r.register = register;
-    r.renew = workload::renew(&d, &leases, p.renew_clients, seconds).await?;
-    eprintln!("  renew: {:.0}/s", r.renew.per_second);
-    r.lookup = workload::lookup(&d, p.lookup_size, p.clients, seconds).await?;
-    eprintln!("  lookup: {:.0}/s", r.lookup.per_second);
-    r.watch = workload::watch(&d, p.changes).await?;
-    eprintln!("  watch: p99 {} µs", r.watch.p99_us);
-    r.fanout = workload::fanout(&d, p.watchers, p.fanout_changes).await?;
-    eprintln!("  fan-out: all watchers p99 {} µs", r.fanout.all.p99_us);
-    let exe = std::env::current_exe()?;
-    let mut holder = tokio::process::Command::new(exe);
-    holder
-        .arg("hold")
-        .args(["--system", name, "--addr", &server.addr])
-        .args(p.args());
-    r.detection = workload::detection(&d, p, holder).await?;
-    eprintln!(
-        "  detection: last gone {:.0} ms after the last renewal (TTL {} ms)",
-        r.detection.last_gone_after_renewal_ms, r.detection.ttl_ms
-    );
+    if runs(Workload::Renew) {
+        r.renew = workload::renew(&d, &leases, p.renew_clients, seconds).await?;
+        eprintln!("  renew: {:.0}/s", r.renew.per_second);
+    }
+    if runs(Workload::Lookup) {
+        r.lookup = workload::lookup(&d, p.lookup_size, p.clients, seconds).await?;
+        eprintln!("  lookup: {:.0}/s", r.lookup.per_second);
+    }
+    if runs(Workload::Watch) {
+        r.watch = workload::watch(&d, p.changes).await?;
+        eprintln!("  watch: p99 {} µs", r.watch.p99_us);
+    }
+    if runs(Workload::Fanout) {
+        r.fanout = workload::fanout(&d, p.watchers, p.fanout_changes).await?;
+        eprintln!("  fan-out: all watchers p99 {} µs", r.fanout.all.p99_us);
+    }
+    if runs(Workload::Detection) {
+        let exe = std::env::current_exe()?;
+        let mut holder = tokio::process::Command::new(exe);
+        holder
+            .arg("hold")
+            .args(["--system", name, "--addr", &server.addr])
+            .args(p.args());
+        r.detection = workload::detection(&d, p, holder).await?;
+        eprintln!(
+            "  detection: last gone {:.0}–{:.0} ms after the last renewal (TTL {} ms)",
+            r.detection.last_gone_after_renewal_ack_ms,
+            r.detection.last_gone_after_renewal_ms,
+            r.detection.ttl_ms
+        );
+    }
     drop(d);
     server.stop().await?;
+    if !runs(Workload::Memory) {
+        return Ok(r);
+    }
 
     let server = Server::start(system, binary).await?;
     let d = connect(server.addr.clone()).await?;

@@ -109,9 +109,14 @@ pub(crate) struct Detection {
     pub(crate) ttl_ms: u64,
     /// Instances whose removal the watcher saw (all of them, unless the time limit ran out).
     pub(crate) seen_gone: u64,
-    /// From sending the client's last acknowledged renewal until the watcher saw the last one
-    /// gone: the TTL plus the system's detection delay.
+    /// From sending the client's last acknowledged renewal round until the watcher saw the last
+    /// instance gone: the TTL plus the detection delay, plus the time the server took to renew
+    /// the round (an upper bound of TTL + delay).
     pub(crate) last_gone_after_renewal_ms: f64,
+    /// The same from the round's acknowledgement (every lease was renewed by then: a lower
+    /// bound).
+    #[serde(default)]
+    pub(crate) last_gone_after_renewal_ack_ms: f64,
     /// The same, from the kill.
     pub(crate) last_gone_after_kill_ms: f64,
     /// From the kill until the first removal was seen.

@@ -319,8 +319,8 @@ fn dead_services(p: &Params) -> Vec<String> {
 
 /// The killed client, as a process of its own (`muster-bench hold`): registers `p.dead`
 /// instances with a `p.ttl_seconds` lease over the detection services, prints `ready`, then
-/// renews every third of the TTL and prints `renewed <unix µs when the round was sent>` after
-/// each acknowledged round, until killed.
+/// renews every third of the TTL and prints `renewed <unix µs sent> <unix µs acknowledged>`
+/// after each acknowledged round, until killed.
 pub(crate) async fn hold<D: Driver>(d: &D, p: &Params) -> anyhow::Result<()> {
     let ttl = Duration::from_secs(p.ttl_seconds);
     let services = dead_services(p);
@@ -329,14 +329,15 @@ pub(crate) async fn hold<D: Driver>(d: &D, p: &Params) -> anyhow::Result<()> {
         let service = &services[(i % p.dead_services.max(1)) as usize];
         leases.push(d.register(service, &format!("held-{i}"), 100, ttl).await?);
     }
-    println!("renewed {}", unix_us());
+    let registered = unix_us();
+    println!("renewed {registered} {registered}");
     println!("ready");
     let mut renewer = d.renewer().await?;
     loop {
         tokio::time::sleep(ttl / 3).await;
         let sent = unix_us();
         if renewer.renew(&leases).await? == leases.len() {
-            println!("renewed {sent}");
+            println!("renewed {sent} {}", unix_us());
         }
     }
 }
@@ -366,14 +367,19 @@ pub(crate) async fn detection<D: Driver>(
     let mut holder = spawn_holder(holder)?;
     let mut lines =
         tokio::io::BufReader::new(holder.stdout.take().context("holder stdout")?).lines();
-    let mut last_renewal = 0;
+    // (sent, acknowledged) of the last acknowledged renewal round.
+    let mut last_renewal = (0, 0);
+    let parse = |t: &str| -> anyhow::Result<(u64, u64)> {
+        let (sent, acked) = t.split_once(' ').context("a renewal line has two times")?;
+        Ok((sent.parse()?, acked.parse()?))
+    };
     loop {
         let line = tokio::time::timeout(Duration::from_secs(120), lines.next_line())
             .await
             .context("the holder did not get ready within 2 minutes")??
             .context("the holder exited before it was ready")?;
         if let Some(t) = line.strip_prefix("renewed ") {
-            last_renewal = t.parse()?;
+            last_renewal = parse(t)?;
         } else if line == "ready" {
             break;
         }
@@ -387,7 +393,7 @@ pub(crate) async fn detection<D: Driver>(
     holder.wait().await?;
     while let Ok(Some(line)) = lines.next_line().await {
         if let Some(t) = line.strip_prefix("renewed ") {
-            last_renewal = t.parse()?;
+            last_renewal = parse(t)?;
         }
     }
     let progress = Progress::start("detection: instances gone".into(), Some(p.dead));
@@ -412,7 +418,9 @@ pub(crate) async fn detection<D: Driver>(
         ttl_ms: p.ttl_seconds * 1000,
         seen_gone: gone,
         last_gone_after_renewal_ms: after_kill
-            + (killed_us.saturating_sub(last_renewal)) as f64 / 1000.0,
+            + killed_us.saturating_sub(last_renewal.0) as f64 / 1000.0,
+        last_gone_after_renewal_ack_ms: after_kill
+            + killed_us.saturating_sub(last_renewal.1) as f64 / 1000.0,
         last_gone_after_kill_ms: after_kill,
         first_gone_after_kill_ms: first.map_or(0.0, |f| ms(f.saturating_duration_since(killed))),
     })

@@ -1,11 +1,14 @@
-//! The Raft log on `muster-store`: entries are kept in memory for reads and group-committed to
-//! redb for durability.
+//! The Raft log on `muster-store`: the newest entries are kept in memory for reads, every entry
+//! is group-committed to redb for durability, and older entries are read back from redb (a
+//! lagging follower, a restart re-applying the log).
 //!
 //! # Correctness
 //!
-//! - `append` inserts entries into the in-memory index before it returns (openraft requires them
+//! - `append` inserts entries into the in-memory tail before it returns (openraft requires them
 //!   to be readable at once) and reports them flushed only from the store's commit callback, after
 //!   fsync. The store commits submissions in order, so a flush report covers every earlier write.
+//! - An entry leaves the in-memory tail only once it is durable (readable from redb), and the
+//!   tail never loses its newest entry; after a truncation empties it, it is reloaded from redb.
 //! - `save_vote`, `truncate_after` and `purge` wait for their write to be durable before they
 //!   return. `save_committed` does not wait: it is ordered behind the entries it covers, and losing
 //!   it only makes a restart re-apply from an earlier point.
@@ -36,12 +39,44 @@ const KEY_FORMAT: &str = "format";
 /// Version of the on-disk encoding; bump on any incompatible change.
 const FORMAT: &[u8] = b"muster-1";
 
+/// Entries kept in memory beyond those not yet durable. Memory for the log is then bounded
+/// whatever the snapshot interval (it was the whole unpurged log: up to 30,000 entries, about
+/// 25 MB at 100,000 instances).
+const TAIL: usize = 4096;
+
 #[derive(Default)]
 struct Inner {
+    /// The newest entries (all of them not yet durable, and up to `TAIL` more).
     entries: BTreeMap<u64, Entry>,
+    /// Highest index known to be durable in the store.
+    durable_through: u64,
     purged: Option<LogId>,
     vote: Option<Vote>,
     committed: Option<LogId>,
+}
+
+impl Inner {
+    /// Drops the oldest durable entries beyond the tail.
+    fn trim(&mut self) {
+        while self.entries.len() > TAIL {
+            match self.entries.first_key_value() {
+                Some((&first, _)) if first <= self.durable_through => {
+                    self.entries.pop_first();
+                }
+                _ => break,
+            }
+        }
+    }
+}
+
+/// Decodes stored log entries.
+fn decode_entries(stored: Vec<(u64, Vec<u8>)>) -> Result<Vec<Entry>, String> {
+    stored
+        .into_iter()
+        .map(|(index, bytes)| {
+            serde_json::from_slice(&bytes).map_err(|e| format!("corrupt log entry {index}: {e}"))
+        })
+        .collect()
 }
 
 /// The Raft log: an in-memory index in front of the durable store.
@@ -84,10 +119,17 @@ impl LogStore {
                 serde_json::from_slice(&v).map_err(|e| format!("corrupt purge point: {e}"))?;
         }
         let floor = inner.purged.map_or(0, |p| p.index + 1);
-        for (index, bytes) in store.read_log(floor..).map_err(|e| e.to_string())? {
-            let entry: Entry = serde_json::from_slice(&bytes)
-                .map_err(|e| format!("corrupt log entry {index}: {e}"))?;
-            inner.entries.insert(index, entry);
+        let last = store
+            .log_bounds()
+            .map_err(|e| e.to_string())?
+            .map(|(_, last)| last);
+        if let Some(last) = last {
+            inner.durable_through = last;
+            let from = floor.max((last + 1).saturating_sub(TAIL as u64));
+            let stored = store.read_log(from..).map_err(|e| e.to_string())?;
+            for entry in decode_entries(stored)? {
+                inner.entries.insert(entry.index(), entry);
+            }
         }
         if let Some((first, last)) = inner
             .entries
@@ -125,12 +167,35 @@ impl RaftLogReader<TypeConfig> for LogStore {
         &mut self,
         range: RB,
     ) -> Result<Vec<Entry>, std::io::Error> {
-        Ok(self
-            .lock()
-            .entries
-            .range(range)
-            .map(|(_, e)| e.clone())
-            .collect())
+        use std::ops::Bound;
+        let start = match range.start_bound() {
+            Bound::Included(&i) => i,
+            Bound::Excluded(&i) => i.saturating_add(1),
+            Bound::Unbounded => 0,
+        };
+        let (in_memory, first) = {
+            let inner = self.lock();
+            let first = inner.entries.keys().next().copied();
+            let mem: Vec<Entry> = inner
+                .entries
+                .range(range.clone())
+                .map(|(_, e)| e.clone())
+                .collect();
+            (mem, first)
+        };
+        // Older than the tail: durable, so in the store (read outside the lock).
+        let Some(first) = first.filter(|&f| start < f) else {
+            return Ok(in_memory);
+        };
+        let end = match range.end_bound() {
+            Bound::Included(&i) => i.saturating_add(1).min(first),
+            Bound::Excluded(&i) => i.min(first),
+            Bound::Unbounded => first,
+        };
+        let mut out =
+            decode_entries(self.store.read_log(start..end).map_err(io_err)?).map_err(io_err)?;
+        out.extend(in_memory);
+        Ok(out)
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote>, std::io::Error> {
@@ -200,10 +265,21 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 batch.push((entry.index(), encode(&entry)?));
                 inner.entries.insert(entry.index(), entry);
             }
+            inner.trim();
         }
+        let last = batch.last().map(|(i, _)| *i);
+        let shared = self.inner.clone();
         self.store.submit(
             vec![Write::Append(batch)],
-            Box::new(move |r| callback.io_completed(r.map_err(io_err))),
+            Box::new(move |r| {
+                if r.is_ok()
+                    && let Some(last) = last
+                {
+                    let mut inner = shared.lock().unwrap_or_else(|p| p.into_inner());
+                    inner.durable_through = inner.durable_through.max(last);
+                }
+                callback.io_completed(r.map_err(io_err));
+            }),
         );
         Ok(())
     }
@@ -211,7 +287,18 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn truncate_after(&mut self, last: Option<LogId>) -> Result<(), std::io::Error> {
         let from = last.map_or(0, |l| l.index + 1);
         durable(&self.store, vec![Write::TruncateFrom(from)]).await?;
-        self.lock().entries.split_off(&from);
+        let mut inner = self.lock();
+        inner.entries.split_off(&from);
+        inner.durable_through = inner.durable_through.min(from.saturating_sub(1));
+        if inner.entries.is_empty() {
+            // The truncation reached below the tail: the newest entries left are in the store.
+            let floor = inner.purged.map_or(0, |p| p.index + 1);
+            let start = floor.max(from.saturating_sub(TAIL as u64));
+            let stored = self.store.read_log(start..from).map_err(io_err)?;
+            for entry in decode_entries(stored).map_err(io_err)? {
+                inner.entries.insert(entry.index(), entry);
+            }
+        }
         Ok(())
     }
 
@@ -230,5 +317,55 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let keep = inner.entries.split_off(&(log_id.index + 1));
         inner.entries = keep;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use openraft::testing::{blank_ent, log_id};
+
+    fn indices(entries: &[Entry]) -> Vec<u64> {
+        entries.iter().map(|e| e.index()).collect()
+    }
+
+    #[tokio::test]
+    async fn entries_beyond_the_memory_tail_are_read_from_the_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut log = LogStore::open(store.clone()).unwrap();
+        for start in (1..=10_000u64).step_by(500) {
+            let batch: Vec<Entry> = (start..start + 500)
+                .map(|i| blank_ent::<TypeConfig>(1, 1, i))
+                .collect();
+            log.append(batch, IOFlushed::noop()).await.unwrap();
+            // Wait for the commit (the store commits in order), so older entries may leave memory.
+            store.write_blocking(Vec::new()).unwrap();
+        }
+        let in_memory = log.lock().entries.len();
+        assert!(in_memory <= TAIL + 500, "{in_memory} entries in memory");
+        let all = log.try_get_log_entries(1..=10_000).await.unwrap();
+        assert_eq!(indices(&all), (1..=10_000).collect::<Vec<_>>());
+        let some = log.try_get_log_entries(5..8).await.unwrap();
+        assert_eq!(indices(&some), [5, 6, 7]);
+        let across = log.try_get_log_entries(5_000..=7_000).await.unwrap();
+        assert_eq!(indices(&across), (5_000..=7_000).collect::<Vec<_>>());
+
+        // A truncation below the memory tail: the newest entries left come back from the store.
+        log.truncate_after(Some(log_id::<TypeConfig>(1, 1, 100)))
+            .await
+            .unwrap();
+        let state = log.get_log_state().await.unwrap();
+        assert_eq!(state.last_log_id.map(|l| l.index), Some(100));
+        let tail = log.try_get_log_entries(95..).await.unwrap();
+        assert_eq!(indices(&tail), (95..=100).collect::<Vec<_>>());
+
+        // After a restart the log is whole.
+        drop(log);
+        let mut log = LogStore::open(store).unwrap();
+        let state = log.get_log_state().await.unwrap();
+        assert_eq!(state.last_log_id.map(|l| l.index), Some(100));
+        let all = log.try_get_log_entries(1..=100).await.unwrap();
+        assert_eq!(indices(&all), (1..=100).collect::<Vec<_>>());
     }
 }

@@ -30,7 +30,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 
 const LOG: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("log");
 const META: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("meta");
@@ -296,6 +296,13 @@ impl Store {
         Ok(out)
     }
 
+    /// Number of committed log entries.
+    pub fn log_len(&self) -> Result<u64, StoreError> {
+        let txn = self.db.begin_read().map_err(StoreError::redb)?;
+        let table = txn.open_table(LOG).map_err(StoreError::redb)?;
+        table.len().map_err(StoreError::redb)
+    }
+
     /// The first and last committed log indices, if the log holds any entry.
     pub fn log_bounds(&self) -> Result<Option<(u64, u64)>, StoreError> {
         let txn = self.db.begin_read().map_err(StoreError::redb)?;
@@ -358,6 +365,30 @@ impl Store {
                     StoreError::Snapshot(e)
                 })
             }
+        }
+    }
+
+    /// The first `len` bytes of the current snapshot (fewer if it is shorter), if one was
+    /// written: its header, without reading the rest.
+    pub fn read_snapshot_prefix(&self, len: usize) -> Result<Option<Vec<u8>>, StoreError> {
+        use std::io::Read as _;
+        match &*self.snapshot {
+            SnapshotSlot::Memory(slot) => Ok(slot
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .as_ref()
+                .map(|b| b[..len.min(b.len())].to_vec())),
+            SnapshotSlot::Dir(dir) => match std::fs::File::open(dir.join(SNAPSHOT_FILE)) {
+                Ok(file) => {
+                    let mut out = Vec::with_capacity(len);
+                    file.take(len as u64)
+                        .read_to_end(&mut out)
+                        .map_err(StoreError::Snapshot)?;
+                    Ok(Some(out))
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+                Err(e) => Err(StoreError::Snapshot(e)),
+            },
         }
     }
 

@@ -123,6 +123,10 @@ fn a_snapshot_file_is_replaced_whole_or_not_at_all() {
         Some(&b"second"[..])
     );
     assert!(!dir.path().join("snapshot.tmp").exists());
+    // The header can be read alone.
+    let prefix = |n| store.read_snapshot_prefix(n).unwrap();
+    assert_eq!(prefix(3).as_deref(), Some(&b"sec"[..]));
+    assert_eq!(prefix(99).as_deref(), Some(&b"second"[..]));
 }
 
 #[test]
@@ -133,5 +137,9 @@ fn the_in_memory_store_keeps_its_snapshot_across_clones() {
     assert_eq!(
         store.clone().read_snapshot().unwrap().as_deref(),
         Some(&b"snap"[..])
+    );
+    assert_eq!(
+        store.read_snapshot_prefix(2).unwrap().as_deref(),
+        Some(&b"sn"[..])
     );
 }

@@ -48,8 +48,11 @@ const TAIL: usize = 4096;
 struct Inner {
     /// The newest entries (all of them not yet durable, and up to `TAIL` more).
     entries: BTreeMap<u64, Entry>,
-    /// Highest index known to be durable in the store.
-    durable_through: u64,
+    /// Highest index known to be durable in the store (none yet).
+    durable_through: Option<u64>,
+    /// A log write failed: later commits no longer prove that everything before them is
+    /// durable (the store keeps committing after a failure), so nothing more leaves memory.
+    write_failed: bool,
     purged: Option<LogId>,
     vote: Option<Vote>,
     committed: Option<LogId>,
@@ -60,7 +63,7 @@ impl Inner {
     fn trim(&mut self) {
         while self.entries.len() > TAIL {
             match self.entries.first_key_value() {
-                Some((&first, _)) if first <= self.durable_through => {
+                Some((&first, _)) if self.durable_through.is_some_and(|d| first <= d) => {
                     self.entries.pop_first();
                 }
                 _ => break,
@@ -124,7 +127,17 @@ impl LogStore {
             .map_err(|e| e.to_string())?
             .map(|(_, last)| last);
         if let Some(last) = last {
-            inner.durable_through = last;
+            inner.durable_through = Some(last);
+            let first = store
+                .log_bounds()
+                .map_err(|e| e.to_string())?
+                .map_or(last, |(first, _)| first);
+            let len = store.log_len().map_err(|e| e.to_string())?;
+            if len != last - first + 1 {
+                return Err(format!(
+                    "the raft log has holes: {len} entries between {first} and {last}"
+                ));
+            }
             let from = floor.max((last + 1).saturating_sub(TAIL as u64));
             let stored = store.read_log(from..).map_err(|e| e.to_string())?;
             for entry in decode_entries(stored)? {
@@ -194,6 +207,17 @@ impl RaftLogReader<TypeConfig> for LogStore {
         };
         let mut out =
             decode_entries(self.store.read_log(start..end).map_err(io_err)?).map_err(io_err)?;
+        // Only purged entries may be missing (openraft does not ask for them); a hole is a
+        // lost write, never skipped over.
+        let floor = start.max(self.lock().purged.map_or(0, |p| p.index + 1));
+        if out.len() as u64 != end.saturating_sub(floor)
+            || out.first().is_some_and(|e| e.index() != floor)
+        {
+            return Err(io_err(format!(
+                "the raft log has a hole: {} entries stored in {start}..{end}",
+                out.len()
+            )));
+        }
         out.extend(in_memory);
         Ok(out)
     }
@@ -272,12 +296,16 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.store.submit(
             vec![Write::Append(batch)],
             Box::new(move |r| {
-                if r.is_ok()
-                    && let Some(last) = last
-                {
-                    let mut inner = shared.lock().unwrap_or_else(|p| p.into_inner());
-                    inner.durable_through = inner.durable_through.max(last);
+                let mut inner = shared.lock().unwrap_or_else(|p| p.into_inner());
+                match (&r, last) {
+                    (Err(_), _) => inner.write_failed = true,
+                    (Ok(()), Some(last)) if !inner.write_failed => {
+                        inner.durable_through =
+                            Some(inner.durable_through.map_or(last, |d| d.max(last)));
+                    }
+                    _ => {}
                 }
+                drop(inner);
                 callback.io_completed(r.map_err(io_err));
             }),
         );
@@ -289,7 +317,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         durable(&self.store, vec![Write::TruncateFrom(from)]).await?;
         let mut inner = self.lock();
         inner.entries.split_off(&from);
-        inner.durable_through = inner.durable_through.min(from.saturating_sub(1));
+        inner.durable_through = match from.checked_sub(1) {
+            Some(below) => inner.durable_through.map(|d| d.min(below)),
+            None => None,
+        };
         if inner.entries.is_empty() {
             // The truncation reached below the tail: the newest entries left are in the store.
             let floor = inner.purged.map_or(0, |p| p.index + 1);
@@ -367,5 +398,20 @@ mod tests {
         assert_eq!(state.last_log_id.map(|l| l.index), Some(100));
         let all = log.try_get_log_entries(1..=100).await.unwrap();
         assert_eq!(indices(&all), (1..=100).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn a_log_with_a_hole_refuses_to_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        // Entries 1-5 and 7-5000: entry 6 was lost (a failed commit the store went past). The
+        // hole is far below the tail that is loaded into memory.
+        let stored: Vec<(u64, Vec<u8>)> = (1..=5000u64)
+            .filter(|&i| i != 6)
+            .map(|i| (i, encode(&blank_ent::<TypeConfig>(1, 1, i)).unwrap()))
+            .collect();
+        store.write_blocking(vec![Write::Append(stored)]).unwrap();
+        let err = LogStore::open(store).err().expect("a hole is refused");
+        assert!(err.contains("holes"), "{err}");
     }
 }

@@ -39,7 +39,7 @@ struct Shared {
     observer: Arc<dyn ApplyObserver>,
     store: Store,
     /// Serializes snapshot writes; holds the index of the stored snapshot once known.
-    stored_snapshot: tokio::sync::Mutex<Option<Option<u64>>>,
+    stored_snapshot: Arc<tokio::sync::Mutex<Option<Option<u64>>>>,
 }
 
 /// The registry state machine; clones share the same state.
@@ -54,7 +54,7 @@ impl StateMachine {
             state: RwLock::default(),
             observer,
             store,
-            stored_snapshot: tokio::sync::Mutex::new(None),
+            stored_snapshot: Arc::new(tokio::sync::Mutex::new(None)),
         };
         StateMachine {
             shared: Arc::new(shared),
@@ -85,11 +85,38 @@ enum Source {
 impl StateMachine {
     /// The stored snapshot: the snapshot file or, in a data directory from before snapshots were
     /// files, the store's blob.
-    fn stored_bytes(&self) -> Result<Option<Vec<u8>>, std::io::Error> {
-        match self.shared.store.read_snapshot().map_err(io_err)? {
+    /// Read off the async workers (in place for the simulation's inline store).
+    async fn stored_bytes(&self) -> Result<Option<Vec<u8>>, std::io::Error> {
+        let store = self.shared.store.clone();
+        let read = move || match store.read_snapshot().map_err(io_err)? {
             Some(bytes) => Ok(Some(bytes)),
-            None => self.shared.store.blob(KEY_SNAPSHOT).map_err(io_err),
+            None => store.blob(KEY_SNAPSHOT).map_err(io_err),
+        };
+        if self.shared.store.is_inline() {
+            read()
+        } else {
+            tokio::task::spawn_blocking(read).await.map_err(io_err)?
         }
+    }
+
+    /// The index of the stored snapshot, from its header alone.
+    fn stored_index(&self) -> Result<Option<u64>, std::io::Error> {
+        let store = &self.shared.store;
+        let head = match store.read_snapshot_prefix(4).map_err(io_err)? {
+            Some(len) => {
+                let len: [u8; 4] = len
+                    .try_into()
+                    .map_err(|_| io_err("stored snapshot is truncated"))?;
+                store
+                    .read_snapshot_prefix(4 + u32::from_le_bytes(len) as usize)
+                    .map_err(io_err)?
+            }
+            None => store.blob(KEY_SNAPSHOT).map_err(io_err)?,
+        };
+        Ok(match head {
+            Some(bytes) => decode_snapshot(bytes)?.0.last_log_id.map(|l| l.index),
+            None => None,
+        })
     }
 
     /// Stores a snapshot unless the stored one is at least as new, and says whether it did. A
@@ -101,13 +128,11 @@ impl StateMachine {
         meta: &SnapshotMeta,
         source: Source,
     ) -> Result<bool, std::io::Error> {
-        let mut stored = self.shared.stored_snapshot.lock().await;
+        // Owned: the guard goes with the write, so a caller that gives up waiting (a dropped
+        // future) cannot let another write start on the same file meanwhile.
+        let mut stored = self.shared.stored_snapshot.clone().lock_owned().await;
         if stored.is_none() {
-            let current = match self.stored_bytes()? {
-                Some(bytes) => decode_snapshot(bytes)?.0.last_log_id.map(|l| l.index),
-                None => None,
-            };
-            *stored = Some(current);
+            *stored = Some(self.stored_index()?);
         }
         let new = meta.last_log_id.map(|l| l.index);
         if let Some(current) = *stored
@@ -123,7 +148,7 @@ impl StateMachine {
         }
         let store = self.shared.store.clone();
         let meta_json = serde_json::to_vec(meta).map_err(io_err)?;
-        let write = move || {
+        let mut write = move || {
             store
                 .write_snapshot(|out| {
                     write_header(out, &meta_json)?;
@@ -132,7 +157,9 @@ impl StateMachine {
                         Source::Bytes(bytes) => out.write_all(bytes),
                     }
                 })
-                .map_err(io_err)
+                .map_err(io_err)?;
+            *stored = Some(new);
+            Ok::<_, std::io::Error>(())
         };
         if self.shared.store.is_inline() {
             write()?;
@@ -140,7 +167,6 @@ impl StateMachine {
             // File I/O and the encoding of a large registry stay off the async workers.
             tokio::task::spawn_blocking(write).await.map_err(io_err)??;
         }
-        *stored = Some(new);
         Ok(true)
     }
 }
@@ -188,7 +214,12 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
         // openraft keeps only the meta of a built snapshot (it serves transfers from
         // `get_current_snapshot`), but the builder's contract is the whole snapshot: read the
         // bytes back rather than holding the encoding in memory while writing it.
-        let data = match self.stored_bytes()?.map(decode_snapshot).transpose()? {
+        let data = match self
+            .stored_bytes()
+            .await?
+            .map(decode_snapshot)
+            .transpose()?
+        {
             Some((stored, data)) if written && stored.last_log_id == meta.last_log_id => data,
             _ => {
                 let mut data = Vec::new();
@@ -303,7 +334,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, std::io::Error> {
-        let Some(bytes) = self.stored_bytes()? else {
+        let Some(bytes) = self.stored_bytes().await? else {
             return Ok(None);
         };
         let (meta, snapshot) = decode_snapshot(bytes)?;

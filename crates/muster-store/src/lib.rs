@@ -93,6 +93,8 @@ pub enum Write {
     PutMeta(String, Vec<u8>),
     /// Set a large value (a snapshot), kept apart from the metadata.
     PutBlob(String, Vec<u8>),
+    /// Delete a large value (a no-op when absent).
+    DeleteBlob(String),
 }
 
 /// Called once the writes of a submission are durable, or failed.
@@ -481,6 +483,9 @@ fn commit<'a>(
                 Write::PutBlob(key, value) => {
                     blob.insert(key.as_str(), value.as_slice())
                         .map_err(StoreError::redb)?;
+                }
+                Write::DeleteBlob(key) => {
+                    blob.remove(key.as_str()).map_err(StoreError::redb)?;
                 }
             }
         }

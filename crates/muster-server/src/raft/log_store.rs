@@ -37,7 +37,11 @@ const KEY_COMMITTED: &str = "raft.committed";
 const KEY_PURGED: &str = "raft.purged";
 const KEY_FORMAT: &str = "format";
 /// Version of the on-disk encoding; bump on any incompatible change.
-const FORMAT: &[u8] = b"muster-1";
+/// `muster-2`: the snapshot is a file beside redb (in `muster-1` it was a redb value, which this
+/// build still reads and upgrades in place).
+const FORMAT: &[u8] = b"muster-2";
+/// The earlier format this build upgrades.
+const FORMAT_1: &[u8] = b"muster-1";
 
 /// Entries kept in memory beyond those not yet durable. Memory for the log is then bounded
 /// whatever the snapshot interval (it was the whole unpurged log: up to 30,000 entries, about
@@ -93,7 +97,12 @@ impl LogStore {
     /// Loads the log, vote, commit and purge points from the store.
     pub(crate) fn open(store: Store) -> Result<LogStore, String> {
         match store.meta(KEY_FORMAT).map_err(|e| e.to_string())? {
+            // New, or written by an earlier build: from now on only a build that knows about
+            // the snapshot file may open it (an older one would ignore the file).
             None => store
+                .write_blocking(vec![Write::PutMeta(KEY_FORMAT.into(), FORMAT.to_vec())])
+                .map_err(|e| e.to_string())?,
+            Some(f) if f == FORMAT_1 => store
                 .write_blocking(vec![Write::PutMeta(KEY_FORMAT.into(), FORMAT.to_vec())])
                 .map_err(|e| e.to_string())?,
             Some(f) if f == FORMAT => {}

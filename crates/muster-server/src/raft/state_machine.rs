@@ -9,11 +9,12 @@
 //! - A snapshot is durable in the store (its file fsynced and renamed into place) before openraft
 //!   is told it exists (and may purge the log behind it).
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use futures_util::{Stream, TryStreamExt};
 use muster_core::{Applied, Registry, RegistrySnapshot};
-use muster_store::Store;
+use muster_store::{Store, Write};
 use openraft::alias::{LogIdOf, SnapshotMetaOf, SnapshotOf, StoredMembershipOf};
 use openraft::storage::{EntryResponder, RaftStateMachine};
 use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder, StoredMembership};
@@ -40,6 +41,8 @@ struct Shared {
     store: Store,
     /// Serializes snapshot writes; holds the index of the stored snapshot once known.
     stored_snapshot: Arc<tokio::sync::Mutex<Option<Option<u64>>>>,
+    /// The redb copy of a snapshot (format `muster-1`) has been deleted in this process.
+    blob_gone: Arc<AtomicBool>,
 }
 
 /// The registry state machine; clones share the same state.
@@ -55,6 +58,7 @@ impl StateMachine {
             observer,
             store,
             stored_snapshot: Arc::new(tokio::sync::Mutex::new(None)),
+            blob_gone: Arc::default(),
         };
         StateMachine {
             shared: Arc::new(shared),
@@ -147,6 +151,7 @@ impl StateMachine {
             return Ok(false);
         }
         let store = self.shared.store.clone();
+        let blob_gone = self.shared.blob_gone.clone();
         let meta_json = serde_json::to_vec(meta).map_err(io_err)?;
         let mut write = move || {
             store
@@ -159,6 +164,13 @@ impl StateMachine {
                 })
                 .map_err(io_err)?;
             *stored = Some(new);
+            // A data directory from before snapshot files held its snapshot in redb: once a
+            // file is in place, that copy (and its pages) can go.
+            if !blob_gone.swap(true, Ordering::AcqRel) {
+                store
+                    .write_blocking(vec![Write::DeleteBlob(KEY_SNAPSHOT.into())])
+                    .map_err(|e| io_err(e.to_string()))?;
+            }
             Ok::<_, std::io::Error>(())
         };
         if self.shared.store.is_inline() {
@@ -339,5 +351,58 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         };
         let (meta, snapshot) = decode_snapshot(bytes)?;
         Ok(Some(Snapshot { meta, snapshot }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use muster_core::{Event, Instance};
+    use openraft::testing::log_id;
+
+    struct Quiet;
+
+    impl ApplyObserver for Quiet {
+        fn applied(&self, _: &Registry, _: &[Event], _: &[Arc<Instance>]) {}
+        fn restored(&self, _: &Registry) {}
+    }
+
+    fn meta(index: u64) -> SnapshotMeta {
+        SnapshotMeta {
+            last_log_id: Some(log_id::<TypeConfig>(1, 1, index)),
+            last_membership: Membership::default(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_snapshot_kept_in_redb_by_the_earlier_format_is_read_then_replaced_by_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let data = Registry::default().snapshot();
+        let mut blob = Vec::new();
+        write_header(&mut blob, &serde_json::to_vec(&meta(5)).unwrap()).unwrap();
+        blob.extend_from_slice(&data);
+        store
+            .write_blocking(vec![Write::PutBlob(KEY_SNAPSHOT.into(), blob)])
+            .unwrap();
+
+        let mut sm = StateMachine::new(store.clone(), Arc::new(Quiet));
+        let current = sm.get_current_snapshot().await.unwrap().expect("the blob");
+        assert_eq!(current.meta.last_log_id, meta(5).last_log_id);
+        assert_eq!(current.snapshot, data);
+        // Not older than the stored one: refused, the blob stays.
+        assert!(
+            !sm.persist_snapshot(&meta(5), Source::Bytes(data.clone()))
+                .await
+                .unwrap()
+        );
+        assert!(store.blob(KEY_SNAPSHOT).unwrap().is_some());
+        // Newer: the file takes over and the blob is deleted.
+        sm.install_snapshot(&meta(9), data.clone()).await.unwrap();
+        assert!(store.blob(KEY_SNAPSHOT).unwrap().is_none());
+        assert!(dir.path().join(muster_store::SNAPSHOT_FILE).is_file());
+        let current = sm.get_current_snapshot().await.unwrap().expect("the file");
+        assert_eq!(current.meta.last_log_id, meta(9).last_log_id);
+        assert_eq!(current.snapshot, data);
     }
 }

@@ -5,7 +5,7 @@
 //! as JSON and, with `--doc`, regenerates the report in docs/benchmarks.md with SVG plots.
 //! `scripts/bench` is the one command for the full run.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -94,9 +94,10 @@ struct RunArgs {
     /// The `etcd` binary (default: on the PATH).
     #[arg(long)]
     etcd: Option<PathBuf>,
-    /// Where the JSON result goes.
-    #[arg(long, default_value = "docs/bench/results.json")]
-    out: PathBuf,
+    /// Where the JSON result goes (default docs/bench/results.json; with `--only`, nowhere
+    /// unless given: a partial result must not replace the report's).
+    #[arg(long)]
+    out: Option<PathBuf>,
     /// Regenerate this markdown report (and the plots next to the JSON) from the result.
     #[arg(long)]
     doc: Option<PathBuf>,
@@ -208,6 +209,9 @@ pub(crate) struct Results {
     pub(crate) commit: String,
     pub(crate) machine: String,
     pub(crate) quick: bool,
+    /// The workloads run, when not all (`--only`); such a result makes no report.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub(crate) only: Vec<String>,
     pub(crate) params: Params,
     pub(crate) muster: SystemResults,
     pub(crate) etcd: SystemResults,
@@ -286,19 +290,35 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         commit: commit().await,
         machine: machine(),
         quick: args.quick,
+        only: args
+            .only
+            .iter()
+            .map(|w| format!("{w:?}").to_lowercase())
+            .collect(),
         params,
         muster,
         etcd,
     };
-    if let Some(dir) = args.out.parent() {
-        std::fs::create_dir_all(dir)?;
+    let out = args.out.clone().or_else(|| {
+        args.only
+            .is_empty()
+            .then(|| PathBuf::from("docs/bench/results.json"))
+    });
+    if let Some(out) = &out {
+        if let Some(dir) = out.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        std::fs::write(out, serde_json::to_vec_pretty(&results)?)
+            .with_context(|| format!("cannot write {}", out.display()))?;
+        eprintln!("wrote {}", out.display());
     }
-    std::fs::write(&args.out, serde_json::to_vec_pretty(&results)?)
-        .with_context(|| format!("cannot write {}", args.out.display()))?;
-    eprintln!("wrote {}", args.out.display());
     println!("{}", report::table(&results));
     if let Some(doc) = &args.doc {
-        report::write(&results, doc, args.out.parent().unwrap_or(".".as_ref()))?;
+        let plots = out
+            .as_deref()
+            .and_then(Path::parent)
+            .unwrap_or(".".as_ref());
+        report::write(&results, doc, plots)?;
         eprintln!("regenerated {}", doc.display());
     }
     Ok(())
@@ -385,7 +405,7 @@ where
     )
     .await?;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let before = server.rss()?;
+    let (before, anon_before) = server.rss()?;
     let (register, leases) = workload::register(
         &d,
         "mem",
@@ -398,12 +418,16 @@ where
     drop(leases);
     // Let background work (snapshots, compaction) settle before reading the figure.
     tokio::time::sleep(Duration::from_secs(5)).await;
-    let after = server.rss()?;
+    let (after, anon_after) = server.rss()?;
     r.memory = Memory {
         instances: register.operations,
         rss_before_bytes: before,
         rss_after_bytes: after,
         bytes_per_instance: after.saturating_sub(before) as f64 / register.operations.max(1) as f64,
+        anon_before_bytes: anon_before,
+        anon_after_bytes: anon_after,
+        anon_bytes_per_instance: anon_after.saturating_sub(anon_before) as f64
+            / register.operations.max(1) as f64,
         register,
     };
     eprintln!(
@@ -449,7 +473,8 @@ fn machine() -> String {
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
         .unwrap_or(0);
     format!(
-        "{cores} cores ({model}), {:.0} GiB",
-        mem_kib as f64 / (1024.0 * 1024.0)
+        "{cores} cores ({model}), {:.0} GiB, data directories in {}",
+        mem_kib as f64 / (1024.0 * 1024.0),
+        server::data_fs()
     )
 }

@@ -124,9 +124,13 @@ impl Server {
         lines[lines.len().saturating_sub(20)..].join("\n")
     }
 
-    /// Resident memory now, in bytes.
-    pub(crate) fn rss(&self) -> anyhow::Result<u64> {
-        rss_of(self.pid)
+    /// Resident memory now, in bytes: all of it (`VmRSS`) and its anonymous part (`RssAnon`:
+    /// the heap, without file pages such as etcd's memory-mapped database).
+    pub(crate) fn rss(&self) -> anyhow::Result<(u64, u64)> {
+        Ok((
+            status_kib(self.pid, "VmRSS")? * 1024,
+            status_kib(self.pid, "RssAnon")? * 1024,
+        ))
     }
 
     /// Stops the server and removes its data.
@@ -137,16 +141,28 @@ impl Server {
     }
 }
 
-/// `VmRSS` of a process, in bytes.
-pub(crate) fn rss_of(pid: u32) -> anyhow::Result<u64> {
+/// A `/proc/<pid>/status` figure in KiB.
+fn status_kib(pid: u32, field: &str) -> anyhow::Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let kib: u64 = status
+    status
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
         .and_then(|v| v.split_whitespace().next())
         .and_then(|v| v.parse().ok())
-        .context("no VmRSS")?;
-    Ok(kib * 1024)
+        .with_context(|| format!("no {field} for process {pid}"))
+}
+
+/// The file system type of the directory the servers' data directories go in (a tmpfs would
+/// make fsync free, and "durable" meaningless).
+pub(crate) fn data_fs() -> String {
+    let dir = std::env::temp_dir();
+    std::process::Command::new("stat")
+        .args(["-f", "-c", "%T"])
+        .arg(&dir)
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .map_or_else(String::new, |t| format!("{} on {t}", dir.display()))
 }
 
 /// `binary --version`, first line.

@@ -130,6 +130,14 @@ pub(crate) struct Memory {
     pub(crate) rss_before_bytes: u64,
     pub(crate) rss_after_bytes: u64,
     pub(crate) bytes_per_instance: f64,
+    /// The anonymous part (`RssAnon`: the heap, without file pages such as a memory-mapped
+    /// database).
+    #[serde(default)]
+    pub(crate) anon_before_bytes: u64,
+    #[serde(default)]
+    pub(crate) anon_after_bytes: u64,
+    #[serde(default)]
+    pub(crate) anon_bytes_per_instance: f64,
     /// The registration rate on the way (one run, same clients).
     pub(crate) register: Rate,
 }

@@ -253,16 +253,17 @@ pub(crate) async fn fanout<D: Driver>(
     let lease = d.register("fanout-0", "fanout-0", 1, ttl).await?;
     let (tx, mut rx) = mpsc::unbounded_channel::<(u64, Seen)>();
     let opening = Progress::start("fan-out watchers".into(), Some(watchers));
+    let mut forwarders = Vec::new();
     for w in 0..watchers {
         let mut one = d.own_client().await?.watch(&["fanout-0".into()]).await?;
         let tx = tx.clone();
-        tokio::spawn(async move {
+        forwarders.push(tokio::spawn(async move {
             while let Some(seen) = one.recv().await {
                 if tx.send((w, seen)).is_err() {
                     return;
                 }
             }
-        });
+        }));
         opening.count.fetch_add(1, Ordering::Relaxed);
     }
     drop((opening, tx));
@@ -295,6 +296,10 @@ pub(crate) async fn fanout<D: Driver>(
         }
         progress.count.fetch_add(1, Ordering::Relaxed);
         tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Closes the watchers' connections (each ends when its receiver goes).
+    for f in forwarders {
+        f.abort();
     }
     Ok(Fanout {
         watchers,
@@ -336,9 +341,12 @@ pub(crate) async fn hold<D: Driver>(d: &D, p: &Params) -> anyhow::Result<()> {
     loop {
         tokio::time::sleep(ttl / 3).await;
         let sent = unix_us();
-        if renewer.renew(&leases).await? == leases.len() {
-            println!("renewed {sent} {}", unix_us());
+        let renewed = renewer.renew(&leases).await?;
+        if renewed != leases.len() {
+            // The harness sees the exit before its kill and fails the run.
+            bail!("only {renewed} of {} leases renewed", leases.len());
         }
+        println!("renewed {sent} {}", unix_us());
     }
 }
 
@@ -387,6 +395,9 @@ pub(crate) async fn detection<D: Driver>(
     // Let a renewal happen, then kill half a period after one.
     let period = ttl / 3;
     tokio::time::sleep(period + period / 2).await;
+    if let Some(status) = holder.try_wait()? {
+        bail!("the holder exited before it was killed ({status})");
+    }
     let killed_us = unix_us();
     let killed = Instant::now();
     holder.start_kill()?;
@@ -402,6 +413,9 @@ pub(crate) async fn detection<D: Driver>(
     while gone < p.dead {
         match tokio::time::timeout_at(deadline, rx.recv()).await {
             Ok(Some(seen)) if seen.deletes > 0 => {
+                if seen.at < killed {
+                    bail!("instances were removed before the holder was killed");
+                }
                 gone += u64::from(seen.deletes);
                 first.get_or_insert(seen.at);
                 last = seen.at;

@@ -224,7 +224,11 @@ fn main() -> anyhow::Result<()> {
         .build()?;
     runtime.block_on(async move {
         match cli.command {
-            Command::Run(args) => run(args).await,
+            // Interrupted: dropping the run kills the servers it started (and the holder).
+            Command::Run(args) => tokio::select! {
+                result = run(args) => result,
+                _ = tokio::signal::ctrl_c() => anyhow::bail!("interrupted; the servers were stopped"),
+            },
             Command::Report { from, doc } => {
                 let results: Results = serde_json::from_slice(
                     &std::fs::read(&from)

@@ -13,6 +13,18 @@ use crate::Params;
 use crate::driver::{Driver, Renewer, Seen};
 use crate::stats::{Detection, Fanout, Latency, Rate, micros};
 
+/// Longest one call to a system may take: a hung server fails the run instead of hanging it.
+const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// `call`, failed after [`CALL_TIMEOUT`].
+async fn within<T>(
+    call: impl std::future::Future<Output = anyhow::Result<T>>,
+) -> anyhow::Result<T> {
+    tokio::time::timeout(CALL_TIMEOUT, call)
+        .await
+        .map_err(|_| anyhow::anyhow!("a call to the server took over {CALL_TIMEOUT:?}"))?
+}
+
 /// Prints `label: n[/total]` to stderr every second until dropped.
 pub(crate) struct Progress {
     pub(crate) count: Arc<AtomicU64>,
@@ -113,7 +125,7 @@ pub(crate) async fn register<D: Driver>(
                 let service = format!("{prefix}-{}", i % services);
                 let id = format!("{prefix}-{i}");
                 let t0 = Instant::now();
-                match d.register(&service, &id, 100, ttl).await {
+                match within(d.register(&service, &id, 100, ttl)).await {
                     Ok(lease) => {
                         t.latencies.push(micros(t0.elapsed()));
                         t.operations += 1;
@@ -143,7 +155,7 @@ pub(crate) async fn renew<D: Driver>(
     let start = Instant::now();
     let mut tasks = Vec::new();
     for c in 0..clients.max(1) {
-        let mut renewer = d.renewer().await?;
+        let mut renewer = within(d.renewer()).await?;
         let (leases, done) = (leases.clone(), progress.count.clone());
         tasks.push(tokio::spawn(async move {
             let mut t = Tally::<()>::new();
@@ -153,7 +165,7 @@ pub(crate) async fn renew<D: Driver>(
                 let chunk = chunks[i % chunks.len()];
                 i += 1;
                 let t0 = Instant::now();
-                match renewer.renew(chunk).await {
+                match within(renewer.renew(chunk)).await {
                     Ok(n) => {
                         t.latencies.push(micros(t0.elapsed()));
                         t.operations += n as u64;
@@ -192,7 +204,7 @@ pub(crate) async fn lookup<D: Driver>(
             let mut t = Tally::<()>::new();
             while start.elapsed() < duration {
                 let t0 = Instant::now();
-                match d.lookup("lookup-0").await {
+                match within(d.lookup("lookup-0")).await {
                     Ok(n) if n as u64 == size => {
                         t.latencies.push(micros(t0.elapsed()));
                         t.operations += 1;
@@ -223,15 +235,13 @@ async fn seen_upsert(rx: &mut mpsc::UnboundedReceiver<Seen>, index: u64) -> Opti
 /// the watcher receiving its event.
 pub(crate) async fn watch<D: Driver>(d: &D, changes: u64) -> anyhow::Result<Latency> {
     let ttl = Duration::from_secs(3600);
-    let lease = d.register("watch-0", "watch-0", 1, ttl).await?;
-    let mut rx = d.watch(&["watch-0".into()]).await?;
+    let lease = within(d.register("watch-0", "watch-0", 1, ttl)).await?;
+    let mut rx = within(d.watch(&["watch-0".into()])).await?;
     let progress = Progress::start("watch".into(), Some(changes));
     let mut lat = Vec::new();
     for i in 0..changes {
         let t0 = Instant::now();
-        let index = d
-            .update("watch-0", "watch-0", &lease, 2 + (i % 1000) as u32)
-            .await?;
+        let index = within(d.update("watch-0", "watch-0", &lease, 2 + (i % 1000) as u32)).await?;
         let at = seen_upsert(&mut rx, index)
             .await
             .with_context(|| format!("change {i} (index {index}) never reached the watcher"))?;
@@ -250,12 +260,13 @@ pub(crate) async fn fanout<D: Driver>(
     changes: u64,
 ) -> anyhow::Result<Fanout> {
     let ttl = Duration::from_secs(3600);
-    let lease = d.register("fanout-0", "fanout-0", 1, ttl).await?;
+    let lease = within(d.register("fanout-0", "fanout-0", 1, ttl)).await?;
     let (tx, mut rx) = mpsc::unbounded_channel::<(u64, Seen)>();
     let opening = Progress::start("fan-out watchers".into(), Some(watchers));
     let mut forwarders = Vec::new();
     for w in 0..watchers {
-        let mut one = d.own_client().await?.watch(&["fanout-0".into()]).await?;
+        let client = within(d.own_client()).await?;
+        let mut one = within(client.watch(&["fanout-0".into()])).await?;
         let tx = tx.clone();
         forwarders.push(tokio::spawn(async move {
             while let Some(seen) = one.recv().await {
@@ -271,9 +282,7 @@ pub(crate) async fn fanout<D: Driver>(
     let (mut all, mut each, mut missed) = (Vec::new(), Vec::new(), 0);
     for i in 0..changes {
         let t0 = Instant::now();
-        let index = d
-            .update("fanout-0", "fanout-0", &lease, 2 + (i % 1000) as u32)
-            .await?;
+        let index = within(d.update("fanout-0", "fanout-0", &lease, 2 + (i % 1000) as u32)).await?;
         let mut have = HashSet::new();
         let mut last = t0;
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
@@ -332,16 +341,16 @@ pub(crate) async fn hold<D: Driver>(d: &D, p: &Params) -> anyhow::Result<()> {
     let mut leases = Vec::new();
     for i in 0..p.dead {
         let service = &services[(i % p.dead_services.max(1)) as usize];
-        leases.push(d.register(service, &format!("held-{i}"), 100, ttl).await?);
+        leases.push(within(d.register(service, &format!("held-{i}"), 100, ttl)).await?);
     }
     let registered = unix_us();
     println!("renewed {registered} {registered}");
     println!("ready");
-    let mut renewer = d.renewer().await?;
+    let mut renewer = within(d.renewer()).await?;
     loop {
         tokio::time::sleep(ttl / 3).await;
         let sent = unix_us();
-        let renewed = renewer.renew(&leases).await?;
+        let renewed = within(renewer.renew(&leases)).await?;
         if renewed != leases.len() {
             // The harness sees the exit before its kill and fails the run.
             bail!("only {renewed} of {} leases renewed", leases.len());
@@ -371,7 +380,7 @@ pub(crate) async fn detection<D: Driver>(
     )
     .await?;
     drop(stay);
-    let mut rx = d.watch(&services).await?;
+    let mut rx = within(d.watch(&services)).await?;
     let mut holder = spawn_holder(holder)?;
     let mut lines =
         tokio::io::BufReader::new(holder.stdout.take().context("holder stdout")?).lines();

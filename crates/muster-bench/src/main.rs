@@ -224,11 +224,17 @@ fn main() -> anyhow::Result<()> {
         .build()?;
     runtime.block_on(async move {
         match cli.command {
-            // Interrupted: dropping the run kills the servers it started (and the holder).
-            Command::Run(args) => tokio::select! {
-                result = run(args) => result,
-                _ = tokio::signal::ctrl_c() => anyhow::bail!("interrupted; the servers were stopped"),
-            },
+            // Interrupted or terminated: dropping the run kills the servers it started (and the
+            // holder) and removes their data directories.
+            Command::Run(args) => {
+                let mut term =
+                    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+                tokio::select! {
+                    result = run(args) => result,
+                    _ = tokio::signal::ctrl_c() => anyhow::bail!("interrupted; the servers were stopped"),
+                    _ = term.recv() => anyhow::bail!("terminated; the servers were stopped"),
+                }
+            }
             Command::Report { from, doc } => {
                 let results: Results = serde_json::from_slice(
                     &std::fs::read(&from)

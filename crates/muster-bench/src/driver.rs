@@ -88,14 +88,11 @@ pub(crate) trait Renewer: Send + 'static {
 /// the same kind of work for both.
 #[derive(serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
+#[allow(dead_code)] // decoded for the work it takes, not read
 struct Endpoint {
-    #[allow(dead_code)]
     instance_id: String,
-    #[allow(dead_code)]
     host: String,
-    #[allow(dead_code)]
     port: u16,
-    #[allow(dead_code)]
     #[serde(default)]
     weight: u32,
 }

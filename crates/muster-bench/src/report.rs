@@ -68,7 +68,8 @@ pub(crate) fn table(r: &Results) -> String {
     t.push_str("| workload | Muster | etcd | Muster/etcd | target | met |\n");
     t.push_str("|---|---|---|---|---|---|\n");
     // Workloads left out of an `--only` run show as such, not as zeros that meet a target.
-    let ran = |w: &str| r.only.is_empty() || r.only.iter().any(|o| o == w);
+    // (Registration always runs: renewals need its leases.)
+    let ran = |w: &str| w == "register" || r.only.is_empty() || r.only.iter().any(|o| o == w);
     let mut row =
         |w: &str, name: String, mv: String, ev: String, rt: String, target: &str, ok: bool| {
             if ran(w) {
@@ -308,14 +309,8 @@ fn svg(title: &str, muster: &Latency, etcd: &Latency) -> String {
     const W: f64 = 720.0;
     const H: f64 = 400.0;
     let (left, right, top, bottom) = (70.0, 20.0, 40.0, 50.0);
-    // The maximum (q = 1) sits where the sample count stops resolving the tail.
-    let nines = |l: &Latency, q: f64| {
-        if q >= 1.0 {
-            (l.count.max(1) as f64).log10()
-        } else {
-            -(1.0 - q).log10()
-        }
-    };
+    // Points below the maximum only (q < 1): the maximum is in the table.
+    let nines = |q: f64| -(1.0 - q).log10();
     let series = [(muster, "Muster", "#1f77b4"), (etcd, "etcd", "#ff7f0e")];
     let points: Vec<(f64, u64)> = series
         .iter()
@@ -323,7 +318,7 @@ fn svg(title: &str, muster: &Latency, etcd: &Latency) -> String {
             l.points
                 .iter()
                 .filter(|&&(q, _)| q < 1.0)
-                .map(|&(q, us)| (nines(l, q), us.max(1)))
+                .map(|&(q, us)| (nines(q), us.max(1)))
         })
         .collect();
     let x_max = points.iter().map(|p| p.0).fold(1.0f64, f64::max).ceil();
@@ -378,7 +373,7 @@ fn svg(title: &str, muster: &Latency, etcd: &Latency) -> String {
             .points
             .iter()
             .filter(|&&(q, _)| q < 1.0)
-            .map(|&(q, us)| format!("{:.1},{:.1}", px(nines(l, q)), py(us.max(1) as f64)))
+            .map(|&(q, us)| format!("{:.1},{:.1}", px(nines(q)), py(us.max(1) as f64)))
             .collect();
         if !path.is_empty() {
             let _ = writeln!(
@@ -427,6 +422,39 @@ mod tests {
         assert_eq!(duration_us(1_200_000.0), "1.20 s");
         assert_eq!(ratio(10.0, 4.0), "2.50×");
         assert_eq!(ratio(1.0, 0.0), "–");
+    }
+
+    fn results(only: &[&str]) -> Results {
+        Results {
+            date: String::new(),
+            commit: String::new(),
+            machine: String::new(),
+            quick: true,
+            only: only.iter().map(|w| w.to_string()).collect(),
+            params: crate::Params::quick(),
+            muster: Default::default(),
+            etcd: Default::default(),
+        }
+    }
+
+    #[test]
+    fn a_partial_run_shows_what_did_not_run_and_makes_no_report() {
+        let table = table(&results(&["lookup"]));
+        let rows: Vec<&str> = table.lines().skip(2).collect();
+        assert_eq!(rows.len(), 7);
+        // Registration always runs; lookup was asked for; nothing else claims a met target.
+        assert!(!rows[0].contains("not run") && !rows[2].contains("not run"));
+        for row in [rows[1], rows[3], rows[4], rows[5], rows[6]] {
+            assert!(
+                row.contains("| not run | not run |") && row.ends_with("| – |"),
+                "{row}"
+            );
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let doc = dir.path().join("b.md");
+        std::fs::write(&doc, format!("{BEGIN}\n{END}\n")).unwrap();
+        assert!(write(&results(&["lookup"]), &doc, dir.path()).is_err());
+        assert!(write(&results(&[]), &doc, dir.path()).is_ok());
     }
 
     #[test]

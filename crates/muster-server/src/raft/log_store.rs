@@ -63,6 +63,18 @@ struct Inner {
 }
 
 impl Inner {
+    /// An append through `last` committed (`ok`) or failed. After a failure no later commit
+    /// proves anything durable: the store commits past a failed batch.
+    fn flushed(&mut self, ok: bool, last: Option<u64>) {
+        match (ok, last) {
+            (false, _) => self.write_failed = true,
+            (true, Some(last)) if !self.write_failed => {
+                self.durable_through = Some(self.durable_through.map_or(last, |d| d.max(last)));
+            }
+            _ => {}
+        }
+    }
+
     /// Drops the oldest durable entries beyond the tail.
     fn trim(&mut self) {
         while self.entries.len() > TAIL {
@@ -305,16 +317,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.store.submit(
             vec![Write::Append(batch)],
             Box::new(move |r| {
-                let mut inner = shared.lock().unwrap_or_else(|p| p.into_inner());
-                match (&r, last) {
-                    (Err(_), _) => inner.write_failed = true,
-                    (Ok(()), Some(last)) if !inner.write_failed => {
-                        inner.durable_through =
-                            Some(inner.durable_through.map_or(last, |d| d.max(last)));
-                    }
-                    _ => {}
-                }
-                drop(inner);
+                shared
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .flushed(r.is_ok(), last);
                 callback.io_completed(r.map_err(io_err));
             }),
         );
@@ -422,5 +428,24 @@ mod tests {
         store.write_blocking(vec![Write::Append(stored)]).unwrap();
         let err = LogStore::open(store).err().expect("a hole is refused");
         assert!(err.contains("holes"), "{err}");
+    }
+
+    #[test]
+    fn after_a_failed_append_nothing_more_counts_as_durable() {
+        let mut inner = Inner::default();
+        inner.flushed(true, Some(10));
+        assert_eq!(inner.durable_through, Some(10));
+        inner.flushed(false, Some(20));
+        inner.flushed(true, Some(30));
+        assert_eq!(
+            inner.durable_through,
+            Some(10),
+            "30 committed past the hole at 11-20"
+        );
+        for i in 1..=(TAIL as u64 + 100) {
+            inner.entries.insert(i, blank_ent::<TypeConfig>(1, 1, i));
+        }
+        inner.trim();
+        assert_eq!(inner.entries.first_key_value().map(|(i, _)| *i), Some(11));
     }
 }

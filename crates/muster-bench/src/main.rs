@@ -429,6 +429,12 @@ where
     // Let background work (snapshots, compaction) settle before reading the figure.
     tokio::time::sleep(Duration::from_secs(5)).await;
     let (after, anon_after) = server.rss()?;
+    // Then as it is used: one lookup of every service (Muster keeps the JSON of what is read
+    // or watched, and each service's answer).
+    workload::lookup_each(&d, "mem", (p.memory_instances / 100).max(1)).await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (read, anon_read) = server.rss()?;
+    let per = |b: u64, a: u64| a.saturating_sub(b) as f64 / register.operations.max(1) as f64;
     r.memory = Memory {
         instances: register.operations,
         rss_before_bytes: before,
@@ -438,11 +444,13 @@ where
         anon_after_bytes: anon_after,
         anon_bytes_per_instance: anon_after.saturating_sub(anon_before) as f64
             / register.operations.max(1) as f64,
+        read_bytes_per_instance: per(before, read),
+        read_anon_bytes_per_instance: per(anon_before, anon_read),
         register,
     };
     eprintln!(
-        "  memory: {:.0} bytes per instance at {} instances",
-        r.memory.bytes_per_instance, r.memory.instances
+        "  memory: {:.0} bytes per instance at {} instances ({:.0} after one lookup of each service)",
+        r.memory.bytes_per_instance, r.memory.instances, r.memory.read_bytes_per_instance
     );
     drop(d);
     server.stop().await?;

@@ -192,23 +192,26 @@ pub(crate) fn table(r: &Results) -> String {
     );
     let mem = |x: &crate::stats::Memory| {
         format!(
-            "{} B (heap {} B; {:.0} MiB in all)",
+            "{} B (heap {} B; {:.0} MiB in all); {} B after one lookup of each service",
             thousands(x.bytes_per_instance),
             thousands(x.anon_bytes_per_instance),
-            x.rss_after_bytes as f64 / (1024.0 * 1024.0)
+            x.rss_after_bytes as f64 / (1024.0 * 1024.0),
+            thousands(x.read_bytes_per_instance),
         )
     };
+    // The ratio and the target take the larger figure: registered and left alone, or read.
+    let worst = |x: &crate::stats::Memory| x.bytes_per_instance.max(x.read_bytes_per_instance);
     row(
         "memory",
         format!(
-            "server RSS per instance at {} instances",
+            "server RSS per instance at {} instances (the ratio: the larger figure)",
             thousands(p.memory_instances as f64)
         ),
         mem(&m.memory),
         mem(&e.memory),
-        ratio(m.memory.bytes_per_instance, e.memory.bytes_per_instance),
+        ratio(worst(&m.memory), worst(&e.memory)),
         "≤ 512 B",
-        m.memory.bytes_per_instance <= 512.0,
+        worst(&m.memory) <= 512.0,
     );
     t
 }

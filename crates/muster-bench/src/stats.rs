@@ -138,6 +138,11 @@ pub(crate) struct Memory {
     pub(crate) anon_after_bytes: u64,
     #[serde(default)]
     pub(crate) anon_bytes_per_instance: f64,
+    /// The same two after one lookup of every service.
+    #[serde(default)]
+    pub(crate) read_bytes_per_instance: f64,
+    #[serde(default)]
+    pub(crate) read_anon_bytes_per_instance: f64,
     /// The registration rate on the way (one run, same clients).
     pub(crate) register: Rate,
 }

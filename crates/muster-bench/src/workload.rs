@@ -25,6 +25,23 @@ async fn within<T>(
         .map_err(|_| anyhow::anyhow!("a call to the server took over {CALL_TIMEOUT:?}"))?
 }
 
+/// One lookup of each of the `services` services named `{prefix}-{n}` (what [`register`]
+/// creates), one after another.
+pub(crate) async fn lookup_each<D: Driver>(
+    d: &D,
+    prefix: &str,
+    services: u64,
+) -> anyhow::Result<()> {
+    for s in 0..services {
+        let service = format!("{prefix}-{s}");
+        let found = within(d.lookup(&service))
+            .await
+            .with_context(|| format!("lookup of {service}"))?;
+        anyhow::ensure!(found > 0, "lookup of {service} found no instance");
+    }
+    Ok(())
+}
+
 /// Prints `label: n[/total]` to stderr every second until dropped.
 pub(crate) struct Progress {
     pub(crate) count: Arc<AtomicU64>,

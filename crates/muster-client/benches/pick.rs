@@ -36,7 +36,7 @@ fn endpoints(n: usize) -> Vec<Endpoint> {
             Endpoint::new(Arc::new(Instance {
                 spec,
                 status: Status::Healthy,
-                status_reason: String::new(),
+                status_reason: "".into(),
                 ready: true,
                 live: true,
                 registered_at: 0,

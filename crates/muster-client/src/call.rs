@@ -159,7 +159,7 @@ where
     policy.budget.deposit();
     let mut last = CallError::NoEndpoint;
     // Endpoints that failed this call (by id): a retry prefers another.
-    let mut failed: Vec<String> = Vec::new();
+    let mut failed: Vec<Arc<str>> = Vec::new();
     for attempt in 1..=policy.max_attempts.max(1) {
         if attempt > 1 {
             let wait = policy.backoff.delay(attempt - 1);
@@ -266,7 +266,7 @@ pub async fn http_get<S: ViewSource + ?Sized>(
             let host = if host.contains(':') {
                 format!("[{host}]")
             } else {
-                host.clone()
+                host.to_string()
             };
             let url = format!("http://{host}:{}{path}", instance.spec.port);
             let request = client.get(url.clone());

@@ -45,7 +45,7 @@ where
                 let mut seen = HashMap::with_capacity(known.len());
                 for e in view.endpoints() {
                     let i = e.instance();
-                    let id = i.spec.instance_id.clone();
+                    let id = i.spec.instance_id.to_string();
                     if known.get(&id) != Some(&i.modify_index) {
                         pending.push_back(Change::Insert(id.clone(), make(i)));
                     }
@@ -73,7 +73,7 @@ pub fn tonic_channel(resolver: &Resolver) -> tonic::transport::Channel {
         let host = if host.contains(':') {
             format!("[{host}]")
         } else {
-            host.clone()
+            host.to_string()
         };
         tonic::transport::Endpoint::from_shared(format!("http://{host}:{}", i.spec.port))
     });

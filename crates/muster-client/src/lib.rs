@@ -36,7 +36,7 @@
 //!     Arc::new(Instance {
 //!         spec,
 //!         status: Status::Healthy,
-//!         status_reason: String::new(),
+//!         status_reason: "".into(),
 //!         ready: true,
 //!         live: true,
 //!         registered_at: 0,
@@ -58,7 +58,7 @@
 //!     config,
 //! );
 //! let pick = view.pick(None).expect("an endpoint");
-//! assert_eq!(pick.instance().spec.instance_id, "a-1"); // same zone first
+//! assert_eq!(&*pick.instance().spec.instance_id, "a-1"); // same zone first
 //! pick.report(true);
 //! ```
 

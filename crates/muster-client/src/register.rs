@@ -125,7 +125,7 @@ impl Registration {
             .map_err(|e| RegistrationError::Invalid(e.to_string()))?;
         let interval = Duration::from_millis(spec.lease_ttl / 3);
         let shared = Arc::new(Shared {
-            id: spec.instance_id.clone(),
+            id: spec.instance_id.to_string(),
             config,
             http,
             ready: AtomicU8::new(READY_UNSET),

@@ -120,7 +120,7 @@ struct Cached {
 struct State {
     /// By instance id (sorted: views are built in the same order each time, so what they
     /// build per member set is reused).
-    endpoints: BTreeMap<String, Endpoint>,
+    endpoints: BTreeMap<Arc<str>, Endpoint>,
     index: u64,
     source: Source,
     connected: bool,

@@ -23,7 +23,7 @@ pub(crate) fn instance(id: &str, zone: &str, weight: u32, group: &str) -> Arc<In
     Arc::new(Instance {
         spec,
         status: Status::Healthy,
-        status_reason: String::new(),
+        status_reason: "".into(),
         ready: true,
         live: true,
         registered_at: 0,

@@ -149,7 +149,8 @@ impl LeaseTable {
     }
 
     /// Starts tracking an instance of `service` (or updates it), with a full TTL from `now`.
-    pub fn track(&mut self, id: &str, service: &str, ttl: u64, modify_index: u64, now: u64) {
+    /// A new lease keeps `id` itself (shared with the registry), not a copy.
+    pub fn track(&mut self, id: &Arc<str>, service: &str, ttl: u64, modify_index: u64, now: u64) {
         let (id, service) = self.keys(id, service);
         let lease = Lease {
             service,
@@ -202,7 +203,7 @@ impl LeaseTable {
     /// holds it.
     pub fn reconcile(
         &mut self,
-        id: &str,
+        id: &Arc<str>,
         instance: Option<(&str, u64, u64)>,
         registered: bool,
         now: u64,
@@ -382,11 +383,11 @@ impl LeaseTable {
     }
 
     /// Shared keys for `id` and `service` (reusing the table's when it has them).
-    fn keys(&self, id: &str, service: &str) -> (Arc<str>, Arc<str>) {
+    fn keys(&self, id: &Arc<str>, service: &str) -> (Arc<str>, Arc<str>) {
         let id = self
             .leases
-            .get_key_value(id)
-            .map_or_else(|| Arc::from(id), |(k, _)| k.clone());
+            .get_key_value(&**id)
+            .map_or_else(|| id.clone(), |(k, _)| k.clone());
         let service = self
             .service_sizes
             .get_key_value(service)

@@ -18,6 +18,7 @@
 //! - [`lease`]: the leader's in-memory lease table (renewals never touch the log).
 
 pub mod health;
+mod intern;
 pub mod lease;
 pub mod model;
 pub mod registry;

@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -363,39 +364,42 @@ impl ValidationError {
 }
 
 /// The validated, caller-controlled part of an instance.
+///
+/// In JSON, an optional field at its empty default (`""`, `[]`, `{}`, no check) is left out,
+/// and read back as that default.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct InstanceSpec {
     /// Service name.
-    pub service: String,
+    pub service: Arc<str>,
     /// Unique instance id.
-    pub instance_id: String,
+    pub instance_id: Arc<str>,
     /// IP literal or host name.
-    pub host: String,
+    pub host: Arc<str>,
     /// TCP port.
     pub port: u16,
     /// Availability zone ("" when not given).
-    #[serde(default)]
-    pub zone: String,
+    #[serde(default, skip_serializing_if = "str_is_empty")]
+    pub zone: Arc<str>,
     /// Region ("" when not given).
-    #[serde(default)]
-    pub region: String,
+    #[serde(default, skip_serializing_if = "str_is_empty")]
+    pub region: Arc<str>,
     /// Version ("" when not given).
-    #[serde(default)]
-    pub version: String,
+    #[serde(default, skip_serializing_if = "str_is_empty")]
+    pub version: Arc<str>,
     /// Relative weight; 0 = listed but never picked.
     pub weight: u32,
     /// Deployment group ("" when not given).
-    #[serde(default)]
-    pub deployment_group: String,
+    #[serde(default, skip_serializing_if = "str_is_empty")]
+    pub deployment_group: Arc<str>,
     /// Application protocol ("" when not given).
-    #[serde(default)]
-    pub protocol: String,
+    #[serde(default, skip_serializing_if = "str_is_empty")]
+    pub protocol: Arc<str>,
     /// Tags.
-    #[serde(default)]
-    pub tags: Vec<String>,
+    #[serde(default, skip_serializing_if = "slice_is_empty")]
+    pub tags: Box<[Arc<str>]>,
     /// Metadata.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Metadata::is_empty")]
     pub metadata: Metadata,
     /// Readiness check, if any (boxed: most instances have none, and every instance is kept in
     /// memory).
@@ -413,10 +417,10 @@ pub struct InstanceSpec {
 ///
 /// A sorted boxed slice rather than a `BTreeMap`: a map's first node reserves room for eleven
 /// entries (about 550 bytes for `String` pairs), instances carry a handful, and every instance
-/// is kept in memory (the registry, the Raft log's tail). With one entry this takes 32 bytes
-/// plus the two strings.
+/// is kept in memory (the registry, the Raft log's tail). With one entry this takes 32 bytes;
+/// the registry shares the strings among instances.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Metadata(Box<[(Box<str>, Box<str>)]>);
+pub struct Metadata(Box<[(Arc<str>, Arc<str>)]>);
 
 impl Metadata {
     /// The value of `key`.
@@ -430,6 +434,17 @@ impl Metadata {
     /// Entries in key order.
     pub fn iter(&self) -> impl ExactSizeIterator<Item = (&str, &str)> {
         self.0.iter().map(|(k, v)| (&**k, &**v))
+    }
+
+    /// Entries in key order, as stored.
+    pub(crate) fn entries(&self) -> &[(Arc<str>, Arc<str>)] {
+        &self.0
+    }
+
+    /// From entries already sorted by key, without repeats.
+    pub(crate) fn from_sorted(entries: Vec<(Arc<str>, Arc<str>)>) -> Self {
+        debug_assert!(entries.windows(2).all(|w| w[0].0 < w[1].0));
+        Metadata(entries.into_boxed_slice())
     }
 
     /// Number of entries.
@@ -447,7 +462,7 @@ impl From<BTreeMap<String, String>> for Metadata {
     fn from(map: BTreeMap<String, String>) -> Self {
         Metadata(
             map.into_iter()
-                .map(|(k, v)| (k.into_boxed_str(), v.into_boxed_str()))
+                .map(|(k, v)| (Arc::from(k), Arc::from(v)))
                 .collect(),
         )
     }
@@ -482,7 +497,7 @@ pub struct Instance {
     /// Where it is in its lifecycle.
     pub status: Status,
     /// Why it is in that status.
-    pub status_reason: String,
+    pub status_reason: Arc<str>,
     /// Whether readiness was last reported (or checked) as passing.
     pub ready: bool,
     /// False once its liveness check failed (its lease is then given up: it expires unless
@@ -499,6 +514,14 @@ pub struct Instance {
     pub create_index: u64,
     /// Registry index of its last change.
     pub modify_index: u64,
+}
+
+fn str_is_empty(s: &Arc<str>) -> bool {
+    s.is_empty()
+}
+
+fn slice_is_empty<T>(s: &[T]) -> bool {
+    s.is_empty()
 }
 
 fn yes() -> bool {
@@ -662,17 +685,17 @@ impl RegisterRequest {
             },
         };
         let spec = InstanceSpec {
-            service,
-            instance_id,
-            host,
+            service: service.into(),
+            instance_id: instance_id.into(),
+            host: host.into(),
             port,
-            zone,
-            region,
-            version,
+            zone: zone.into(),
+            region: region.into(),
+            version: version.into(),
             weight,
-            deployment_group,
-            protocol,
-            tags,
+            deployment_group: deployment_group.into(),
+            protocol: protocol.into(),
+            tags: tags.into_iter().map(Arc::from).collect(),
             metadata: Metadata::from(metadata),
             check: check.map(Box::new),
             liveness_check: liveness_check.map(Box::new),

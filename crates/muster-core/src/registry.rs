@@ -27,6 +27,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use crate::intern::Interner;
 use crate::model::{Instance, InstanceSpec, Status};
 
 /// Capacity limits, carried in each `Register` command so that every replica enforces the
@@ -245,22 +246,39 @@ pub enum EventKind {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 struct ServiceState {
     modify_index: u64,
-    instances: BTreeSet<String>,
+    /// Instance ids: the same allocations as the keys of `Registry::instances`.
+    instances: BTreeSet<Arc<str>>,
 }
 
 /// The whole registry: every live instance, by id and by service.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+///
+/// An instance id is allocated once: the instance, its key here and its entry in its service
+/// share it. Its other strings are shared with every instance that has the same value
+/// (`Interner`).
+#[derive(Clone, Debug, Default)]
 pub struct Registry {
     index: u64,
-    instances: BTreeMap<String, Arc<Instance>>,
-    services: BTreeMap<String, ServiceState>,
+    instances: BTreeMap<Arc<str>, Arc<Instance>>,
+    services: BTreeMap<Arc<str>, ServiceState>,
+    strings: Interner,
 }
+
+impl PartialEq for Registry {
+    /// The same state; where its strings live does not count.
+    fn eq(&self, other: &Self) -> bool {
+        self.index == other.index
+            && self.instances == other.instances
+            && self.services == other.services
+    }
+}
+
+impl Eq for Registry {}
 
 /// The persisted form of a [`Registry`].
 #[derive(Serialize, Deserialize)]
 struct SnapshotForm {
     index: u64,
-    services: BTreeMap<String, u64>,
+    services: BTreeMap<Arc<str>, u64>,
     instances: Vec<Arc<Instance>>,
 }
 
@@ -327,7 +345,7 @@ impl Registry {
 
     /// Names of every service that holds at least one instance, ordered.
     pub fn services(&self) -> impl Iterator<Item = &str> {
-        self.services.keys().map(String::as_str)
+        self.services.keys().map(|s| &**s)
     }
 
     /// A service's instances, ordered by id.
@@ -372,13 +390,7 @@ impl Registry {
                 at,
             } => self.register(spec, *want_healthy, *limits, *revive, *at, events),
             Command::Deregister { instance_id, at } => self
-                .remove(
-                    instance_id,
-                    Status::Removed,
-                    "deregistered".into(),
-                    *at,
-                    events,
-                )
+                .remove(instance_id, Status::Removed, "deregistered", *at, events)
                 .map(|instance| Applied::Removed { instance })
                 .ok_or_else(|| ApplyError::UnknownInstance(instance_id.clone())),
             Command::SetStatus {
@@ -402,7 +414,7 @@ impl Registry {
             Command::Expire { instances, at, .. } => {
                 let mut instance_ids = Vec::new();
                 for (id, seen) in instances {
-                    let Some(inst) = self.instances.get(id) else {
+                    let Some(inst) = self.instances.get(id.as_str()) else {
                         continue;
                     };
                     if inst.modify_index != *seen {
@@ -415,7 +427,7 @@ impl Registry {
                         ))
                     );
                     if self
-                        .remove(id, Status::Expired, reason, *at, events)
+                        .remove(id, Status::Expired, &reason, *at, events)
                         .is_some()
                     {
                         instance_ids.push(id.clone());
@@ -439,12 +451,14 @@ impl Registry {
         if let Some(existing) = self.instances.get(&spec.instance_id) {
             if existing.spec.service != spec.service {
                 return Err(ApplyError::IdConflict {
-                    instance_id: spec.instance_id.clone(),
-                    existing_service: existing.spec.service.clone(),
+                    instance_id: spec.instance_id.to_string(),
+                    existing_service: existing.spec.service.to_string(),
                 });
             }
             let mut next = Instance::clone(existing);
             next.spec = spec.clone();
+            next.spec.instance_id = existing.spec.instance_id.clone();
+            self.strings.spec(&mut next.spec);
             if !next.live {
                 // Back after its liveness check failed: a fresh start, not straight into
                 // rotation (and a drain stays a drain).
@@ -454,7 +468,7 @@ impl Registry {
                     transition(
                         &mut next,
                         Status::Starting,
-                        "re-registered after a failed liveness check; waiting for readiness".into(),
+                        "re-registered after a failed liveness check; waiting for readiness",
                         at,
                     );
                 }
@@ -462,12 +476,7 @@ impl Registry {
             if want_healthy && !next.ready {
                 next.ready = true;
                 if next.status == Status::Starting || next.status == Status::Unhealthy {
-                    transition(
-                        &mut next,
-                        Status::Healthy,
-                        "registered as healthy".into(),
-                        at,
-                    );
+                    transition(&mut next, Status::Healthy, "registered as healthy", at);
                 }
             }
             if next == **existing && !revive {
@@ -505,8 +514,10 @@ impl Registry {
         } else {
             (Status::Starting, "registered; waiting for readiness")
         };
+        let mut spec = spec.clone();
+        self.strings.spec(&mut spec);
         let instance = Instance {
-            spec: spec.clone(),
+            spec,
             status,
             status_reason: reason.into(),
             ready: want_healthy,
@@ -533,12 +544,8 @@ impl Registry {
     ) -> Result<Applied, ApplyError> {
         let existing = self.existing(id)?;
         let mut next = Instance::clone(existing);
-        let given = |default: &str| {
-            if reason.is_empty() {
-                default.to_string()
-            } else {
-                reason.to_string()
-            }
+        let given = |default: &'static str| {
+            if reason.is_empty() { default } else { reason }
         };
         match (existing.status, to) {
             (Status::Draining, Status::Draining) | (Status::Healthy, Status::Healthy) => {
@@ -553,7 +560,7 @@ impl Registry {
                 transition(
                     &mut next,
                     Status::Unhealthy,
-                    "undrained, but its liveness check is failing".into(),
+                    "undrained, but its liveness check is failing",
                     at,
                 );
             }
@@ -613,13 +620,13 @@ impl Registry {
             // Still out of rotation, for a new reason (e.g. held out for flapping): say so.
             let out = matches!(existing.status, Status::Starting | Status::Unhealthy);
             // A failed liveness check is the reason that counts while it lasts.
-            if ready || !out || existing.status_reason == reason || !existing.live {
+            if ready || !out || *existing.status_reason == *reason || !existing.live {
                 return Ok(Applied::Updated {
                     instance: existing.clone(),
                 });
             }
             let mut next = Instance::clone(existing);
-            next.status_reason = reason.to_string();
+            next.status_reason = reason.into();
             next.modify_index = self.index;
             let instance = self.store(next, events);
             return Ok(Applied::Updated { instance });
@@ -628,9 +635,9 @@ impl Registry {
         next.ready = ready;
         match (next.status, ready) {
             (Status::Starting | Status::Unhealthy, true) if next.live => {
-                transition(&mut next, Status::Healthy, reason.into(), at);
+                transition(&mut next, Status::Healthy, reason, at);
             }
-            (Status::Healthy, false) => transition(&mut next, Status::Unhealthy, reason.into(), at),
+            (Status::Healthy, false) => transition(&mut next, Status::Unhealthy, reason, at),
             // DRAINING keeps its status; STARTING stays STARTING until the first pass.
             _ => {}
         }
@@ -664,12 +671,14 @@ impl Registry {
         let mut next = Instance::clone(existing);
         next.live = live;
         match (next.status, live) {
-            (Status::Draining, _) => next.status_reason = reason.to_string(),
-            (_, false) => transition(&mut next, Status::Unhealthy, reason.into(), at),
+            (Status::Draining, _) => next.status_reason = reason.into(),
+            (_, false) => transition(&mut next, Status::Unhealthy, reason, at),
             (Status::Unhealthy, true) if next.ready => {
-                transition(&mut next, Status::Healthy, reason.into(), at)
+                transition(&mut next, Status::Healthy, reason, at)
             }
-            (_, true) => next.status_reason = format!("{reason}; waiting for readiness"),
+            (_, true) => {
+                next.status_reason = format!("{reason}; waiting for readiness").into();
+            }
         }
         next.modify_index = self.index;
         let instance = self.store(next, events);
@@ -677,7 +686,8 @@ impl Registry {
     }
 
     /// Stores a live instance and records its event.
-    fn store(&mut self, instance: Instance, events: &mut Vec<Event>) -> Arc<Instance> {
+    fn store(&mut self, mut instance: Instance, events: &mut Vec<Event>) -> Arc<Instance> {
+        self.strings.reason(&mut instance);
         let instance = Arc::new(instance);
         let svc = self
             .services
@@ -703,7 +713,7 @@ impl Registry {
         &mut self,
         id: &str,
         status: Status,
-        reason: String,
+        reason: &str,
         at: u64,
         events: &mut Vec<Event>,
     ) -> Option<Arc<Instance>> {
@@ -713,11 +723,11 @@ impl Registry {
         gone.ready = false;
         gone.modify_index = self.index;
         let service = &gone.spec.service;
-        if let Some(svc) = self.services.get_mut(service) {
+        if let Some(svc) = self.services.get_mut(&**service) {
             svc.instances.remove(id);
             svc.modify_index = self.index;
             if svc.instances.is_empty() {
-                self.services.remove(service);
+                self.services.remove(&**service);
             }
         }
         let gone = Arc::new(gone);
@@ -762,6 +772,10 @@ impl Registry {
             ..Registry::default()
         };
         for inst in form.instances {
+            let mut inst = Arc::unwrap_or_clone(inst);
+            reg.strings.spec(&mut inst.spec);
+            reg.strings.reason(&mut inst);
+            let inst = Arc::new(inst);
             let svc = reg.services.entry(inst.spec.service.clone()).or_default();
             svc.instances.insert(inst.spec.instance_id.clone());
             if inst.modify_index > form.index {
@@ -783,12 +797,14 @@ impl Registry {
     }
 }
 
-fn transition(inst: &mut Instance, to: Status, reason: String, at: u64) {
+fn transition(inst: &mut Instance, to: Status, reason: &str, at: u64) {
     if inst.status != to {
         inst.status_changed_at = at;
     }
     inst.status = to;
-    inst.status_reason = reason;
+    if *inst.status_reason != *reason {
+        inst.status_reason = reason.into();
+    }
 }
 
 #[cfg(test)]

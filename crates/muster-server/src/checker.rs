@@ -79,13 +79,13 @@ impl Role {
 }
 
 /// An entry's key: the instance, and which of its checks.
-type Key = (String, Role);
+type Key = (Arc<str>, Role);
 
 struct Entry {
     /// Changes when the entry is replaced, so a result for the old one is ignored.
     generation: u64,
     check: Check,
-    host: String,
+    host: Arc<str>,
     port: u16,
     tracker: Tracker,
     /// Monotonic ms when the next probe is due (its key in the due queue while owned and no
@@ -212,7 +212,7 @@ impl Checker {
         let now = self.now();
         let mut state = self.lock();
         for ev in events {
-            let id = ev.instance.spec.instance_id.as_str();
+            let id = ev.instance.spec.instance_id.as_ref();
             match (ev.kind, registry.get(id)) {
                 (EventKind::Upsert, Some(inst)) => self.follow(&mut state, inst, now),
                 _ => forget(&mut state, id),
@@ -252,7 +252,7 @@ impl Checker {
         };
         // Held out for flapping by whoever probed it: the hold runs to its end here too.
         let held_until_wall =
-            (role == Role::Readiness && inst.status_reason == FLAPPING && !inst.ready)
+            (role == Role::Readiness && *inst.status_reason == *FLAPPING && !inst.ready)
                 .then(|| inst.status_changed_at + self.flap.cooldown_ms);
         if let Some(e) = state.entries.get_mut(&key)
             && e.check == check
@@ -392,7 +392,7 @@ impl Checker {
     fn spawn_probe(
         &self,
         key: Key,
-        (check, host, port, due, generation): (Check, String, u16, u64, u64),
+        (check, host, port, due, generation): (Check, Arc<str>, u16, u64, u64),
         tx: &mpsc::UnboundedSender<Outcome>,
         permits: &Arc<Semaphore>,
     ) {
@@ -494,13 +494,13 @@ impl Checker {
             let (instance_id, role) = key.clone();
             let cmd = match role {
                 Role::Readiness => Command::SetReadiness {
-                    instance_id,
+                    instance_id: instance_id.to_string(),
                     ready: v.ready,
                     reason: v.reason,
                     at: wall_ms(),
                 },
                 Role::Liveness => Command::SetLiveness {
-                    instance_id,
+                    instance_id: instance_id.to_string(),
                     live: v.ready,
                     reason: format!("liveness {}", v.reason),
                     at: wall_ms(),
@@ -524,7 +524,7 @@ impl Checker {
 
 fn forget(state: &mut State, id: &str) {
     for role in Role::ALL {
-        forget_one(state, &(id.to_string(), role));
+        forget_one(state, &(Arc::from(id), role));
     }
 }
 

@@ -586,14 +586,17 @@ impl Filter {
 
     fn keep(&self, i: &Instance) -> bool {
         self.status.is_none_or(|s| i.status == s)
-            && self.zone.as_ref().is_none_or(|z| &i.spec.zone == z)
-            && self.region.as_ref().is_none_or(|r| &i.spec.region == r)
+            && self.zone.as_ref().is_none_or(|z| *i.spec.zone == **z)
+            && self.region.as_ref().is_none_or(|r| *i.spec.region == **r)
             && self
                 .group
                 .as_ref()
-                .is_none_or(|g| &i.spec.deployment_group == g)
-            && self.version.as_ref().is_none_or(|v| &i.spec.version == v)
-            && self.tag.iter().all(|t| i.spec.tags.contains(t))
+                .is_none_or(|g| *i.spec.deployment_group == **g)
+            && self.version.as_ref().is_none_or(|v| *i.spec.version == **v)
+            && self
+                .tag
+                .iter()
+                .all(|t| i.spec.tags.iter().any(|x| **x == **t))
     }
 }
 

@@ -32,12 +32,48 @@ use tokio::sync::watch;
 /// Most empty services (all instances gone) kept for their history and waiters.
 const MAX_EMPTY_SLOTS: usize = 4096;
 
-/// One instance with its JSON, encoded once when it changed.
+/// One version of an instance, shared by the service's view and its history, with its JSON:
+/// encoded the first time a reader or a watcher needs it, then kept while this version lives.
+/// A service that nobody reads or watches holds no JSON at all.
 pub struct Encoded {
     /// The instance.
     pub instance: Arc<Instance>,
-    /// Its JSON.
-    pub json: Bytes,
+    json: OnceLock<Box<[u8]>>,
+}
+
+impl Encoded {
+    fn new(instance: &Arc<Instance>) -> Arc<Encoded> {
+        Arc::new(Encoded {
+            instance: instance.clone(),
+            json: OnceLock::new(),
+        })
+    }
+
+    /// The instance's JSON, encoded on first use (exactly sized: one is kept per instance).
+    pub fn json(&self) -> &[u8] {
+        self.json.get_or_init(|| {
+            SCRATCH.with_borrow_mut(|scratch| {
+                scratch.clear();
+                // An Instance holds only strings, numbers and maps with string keys: encoding
+                // cannot fail.
+                if serde_json::to_writer(&mut *scratch, &*self.instance).is_err() {
+                    scratch.clear();
+                }
+                Box::from(&scratch[..])
+            })
+        })
+    }
+
+    /// Whether the JSON was needed yet.
+    #[cfg(test)]
+    pub(crate) fn is_encoded(&self) -> bool {
+        self.json.get().is_some()
+    }
+}
+
+thread_local! {
+    /// Where instances are encoded before their JSON is copied into an allocation of its size.
+    static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// One service's instances, encoded once.
@@ -97,7 +133,7 @@ impl ServiceView {
             64 + self
                 .instances
                 .iter()
-                .map(|e| e.json.len() + 1)
+                .map(|e| e.json().len() + 1)
                 .sum::<usize>(),
         );
         out.put_slice(b"{\"service\":");
@@ -110,7 +146,7 @@ impl ServiceView {
                     out.put_u8(b',');
                 }
                 first = false;
-                out.put_slice(&e.json);
+                out.put_slice(e.json());
             }
         }
         out.put_slice(b"]}");
@@ -129,7 +165,7 @@ impl ServiceView {
                     if i > 0 {
                         data.put_u8(b',');
                     }
-                    data.put_slice(&e.json);
+                    data.put_slice(e.json());
                 }
                 data.put_slice(b"]}");
                 sse_frame("snapshot", self.index, &data)
@@ -141,7 +177,7 @@ impl ServiceView {
     pub fn zones(&self) -> BTreeMap<String, u64> {
         let mut zones = BTreeMap::new();
         for e in &self.instances {
-            *zones.entry(e.instance.spec.zone.clone()).or_insert(0) += 1;
+            *zones.entry(e.instance.spec.zone.to_string()).or_insert(0) += 1;
         }
         zones
     }
@@ -165,13 +201,13 @@ pub(crate) fn sse_frame(event: &str, index: u64, data: &[u8]) -> Bytes {
     out.freeze()
 }
 
-/// One event kept for watchers. Its frame is assembled when it is sent: the JSON is the same
-/// bytes the service view holds (for an upsert), so history costs a few words per event rather
+/// One event kept for watchers. Its frame is assembled when it is sent: the encoded instance is
+/// the one the service view holds (for an upsert), so history costs a few words per event rather
 /// than a second copy of the instance.
 struct Kept {
     index: u64,
     kind: EventKind,
-    json: Bytes,
+    encoded: Arc<Encoded>,
 }
 
 #[derive(Default)]
@@ -218,7 +254,7 @@ impl Slot {
         // can share an index, so they are matched by position).
         let first_recent = history.events.len() - history.recent.len();
         /// A frame ready to share, or what to assemble one from.
-        type Wanted = Result<(u64, Bytes), (u64, EventKind, Bytes)>;
+        type Wanted = Result<(u64, Bytes), (u64, EventKind, Arc<Encoded>)>;
         let wanted: Vec<Wanted> = history
             .events
             .range(start..)
@@ -226,7 +262,7 @@ impl Slot {
             .enumerate()
             .map(|(k, e)| match (start + k).checked_sub(first_recent) {
                 Some(r) => Ok((e.index, history.recent[r].clone())),
-                None => Err((e.index, e.kind, e.json.clone())),
+                None => Err((e.index, e.kind, e.encoded.clone())),
             })
             .collect();
         drop(history);
@@ -235,8 +271,8 @@ impl Slot {
             wanted
                 .into_iter()
                 .map(|w| {
-                    w.unwrap_or_else(|(index, kind, json)| {
-                        (index, event_frame(&service, kind, index, &json))
+                    w.unwrap_or_else(|(index, kind, e)| {
+                        (index, event_frame(&service, kind, index, e.json()))
                     })
                 })
                 .collect(),
@@ -436,7 +472,7 @@ impl Hub {
         let mut by_service: BTreeMap<&str, Vec<&Event>> = BTreeMap::new();
         for ev in events {
             by_service
-                .entry(ev.instance.spec.service.as_str())
+                .entry(ev.instance.spec.service.as_ref())
                 .or_default()
                 .push(ev);
         }
@@ -452,21 +488,16 @@ impl Hub {
             let mut statuses = old.statuses;
             let mut kept = Vec::with_capacity(evs.len());
             for ev in evs {
-                let json = encode(&ev.instance);
+                let encoded = Encoded::new(&ev.instance);
                 kept.push(Kept {
                     index: ev.index,
                     kind: ev.kind,
-                    json: json.clone(),
+                    encoded: encoded.clone(),
                 });
-                let id = ev.instance.spec.instance_id.as_str();
+                let id = ev.instance.spec.instance_id.as_ref();
                 let pos =
-                    instances.binary_search_by(|e| e.instance.spec.instance_id.as_str().cmp(id));
-                let fresh = || {
-                    Arc::new(Encoded {
-                        instance: ev.instance.clone(),
-                        json: json.clone(),
-                    })
-                };
+                    instances.binary_search_by(|e| e.instance.spec.instance_id.as_ref().cmp(id));
+                let fresh = || encoded.clone();
                 match (ev.kind, pos) {
                     (EventKind::Upsert, Ok(p)) => {
                         statuses[status_slot(instances[p].instance.status)] -= 1;
@@ -491,7 +522,7 @@ impl Hub {
                 if slot.index.receiver_count() > 0 && kept.len() <= self.history_len {
                     history.recent = kept
                         .iter()
-                        .map(|e| event_frame(service, e.kind, e.index, &e.json))
+                        .map(|e| event_frame(service, e.kind, e.index, e.encoded.json()))
                         .collect();
                 }
                 history.events.extend(kept);
@@ -533,15 +564,7 @@ impl Hub {
         }
         let mut empty = 0;
         for (name, slot) in slots.iter() {
-            let instances: Vec<_> = registry
-                .service_instances(name)
-                .map(|i| {
-                    Arc::new(Encoded {
-                        instance: i.clone(),
-                        json: encode(i),
-                    })
-                })
-                .collect();
+            let instances: Vec<_> = registry.service_instances(name).map(Encoded::new).collect();
             empty += usize::from(instances.is_empty());
             let svc_index = registry.service_index(name).unwrap_or(index);
             *slot.history.lock().unwrap_or_else(|p| p.into_inner()) = History {
@@ -613,11 +636,6 @@ fn event_frame(service: &str, kind: EventKind, index: u64, json: &[u8]) -> Bytes
     out.put_slice(json);
     out.put_slice(b"}\n\n");
     out.freeze()
-}
-
-fn encode(inst: &Instance) -> Bytes {
-    // An Instance holds only strings, numbers and maps with string keys: encoding cannot fail.
-    Bytes::from(serde_json::to_vec(inst).unwrap_or_default())
 }
 
 #[cfg(test)]

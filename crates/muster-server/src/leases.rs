@@ -154,23 +154,23 @@ impl Leases {
             let current = |id: &str| {
                 registry
                     .get(id)
-                    .map(|i| (i.spec.service.as_str(), i.spec.lease_ttl, i.modify_index))
+                    .map(|i| (i.spec.service.as_ref(), i.spec.lease_ttl, i.modify_index))
             };
             for ev in events {
-                let id = ev.instance.spec.instance_id.as_str();
+                let id = &ev.instance.spec.instance_id;
                 if table.info(id).is_none() && ev.kind == EventKind::Upsert {
                     earliest = earliest.min(now.saturating_add(ev.instance.spec.lease_ttl));
                 }
                 table.reconcile(id, current(id), false, now);
             }
             for inst in registered {
-                let id = inst.spec.instance_id.as_str();
+                let id = &inst.spec.instance_id;
                 table.reconcile(id, current(id), true, now);
                 earliest = earliest.min(now.saturating_add(inst.spec.lease_ttl));
             }
             // Liveness last: a registration earlier in the batch restarts the lease, and must
             // not undo a failed liveness check applied after it.
-            for id in events.iter().map(|e| e.instance.spec.instance_id.as_str()) {
+            for id in events.iter().map(|e| e.instance.spec.instance_id.as_ref()) {
                 if let Some(inst) = registry.get(id)
                     && table.set_live(id, inst.live, now)
                 {
@@ -470,7 +470,7 @@ mod tests {
         let mut table = LeaseTable::new();
         for svc in ["a", "b"] {
             for i in 0..10 {
-                table.track(&format!("{svc}-{i}"), svc, 1_000, 1, 0);
+                table.track(&format!("{svc}-{i}").into(), svc, 1_000, 1, 0);
             }
         }
         // Both services went silent and lapsed: both held, nothing expires.

@@ -337,7 +337,7 @@ fn instance_table(instances: &[Instance]) -> String {
         .iter()
         .map(|i| {
             vec![
-                i.spec.instance_id.clone(),
+                i.spec.instance_id.to_string(),
                 i.status.to_string(),
                 format!("{}:{}", i.spec.host, i.spec.port),
                 dash(&i.spec.zone),

@@ -44,12 +44,12 @@ async fn an_upstream_failure_is_retried_on_another_endpoint() {
         &policy(),
         None,
         |i| {
-            tried.lock().unwrap().push(i.spec.instance_id.clone());
+            tried.lock().unwrap().push(i.spec.instance_id.to_string());
             async move {
-                if i.spec.instance_id == "bad" {
+                if &*i.spec.instance_id == "bad" {
                     Err(Failure::upstream("refused"))
                 } else {
-                    Ok(i.spec.instance_id.clone())
+                    Ok(i.spec.instance_id.to_string())
                 }
             }
         },

@@ -25,7 +25,7 @@ fn ids(s: &Shared) -> Vec<String> {
     let mut ids: Vec<String> = s
         .view()
         .endpoints()
-        .map(|e| e.instance().spec.instance_id.clone())
+        .map(|e| e.instance().spec.instance_id.to_string())
         .collect();
     ids.sort();
     ids
@@ -102,7 +102,7 @@ fn the_cache_file_round_trips_and_a_restart_serves_from_it() {
         assert_eq!((status.index, status.source), (42, Source::Disk));
         let view = r.view();
         let pick = view.pick(None).expect("a pick from the cache file");
-        assert_eq!(pick.instance().spec.instance_id, "a");
+        assert_eq!(&*pick.instance().spec.instance_id, "a");
         // A cache file for another service is ignored.
         let other = Resolver::start(
             "orders",

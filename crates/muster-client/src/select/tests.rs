@@ -44,7 +44,7 @@ fn counts(
         let p = v
             .pick_with(k.as_deref(), rng.next(), rng.next(), now)
             .expect("a pick");
-        *out.entry(p.instance().spec.instance_id.clone())
+        *out.entry(p.instance().spec.instance_id.to_string())
             .or_default() += 1;
         p.report_at(true, now);
     }
@@ -93,8 +93,8 @@ proptest! {
         let mut moved = 0;
         for k in 0..keys {
             let key = format!("user-{k}");
-            let a = before.pick_with(Some(key.as_bytes()), 0, 0, now).expect("pick").instance().spec.instance_id.clone();
-            let b = after.pick_with(Some(key.as_bytes()), 0, 0, now).expect("pick").instance().spec.instance_id.clone();
+            let a = before.pick_with(Some(key.as_bytes()), 0, 0, now).expect("pick").instance().spec.instance_id.to_string();
+            let b = after.pick_with(Some(key.as_bytes()), 0, 0, now).expect("pick").instance().spec.instance_id.to_string();
             if a != b {
                 prop_assert_eq!(&a, &format!("i{leaver}"), "a key moved off an endpoint that stayed");
                 moved += 1;
@@ -127,7 +127,7 @@ fn the_nearest_tier_wins_and_regions_are_crossed_only_when_allowed() {
         .iter()
         .map(|e| {
             let mut i = Instance::clone(e.instance());
-            if i.spec.zone == "a1" {
+            if &*i.spec.zone == "a1" {
                 i.status = Status::Draining;
             }
             e.updated(Arc::new(i))
@@ -141,7 +141,7 @@ fn the_nearest_tier_wins_and_regions_are_crossed_only_when_allowed() {
     assert_eq!(
         view(&only_b, here(true))
             .pick(None)
-            .map(|p| p.instance().spec.instance_id.clone()),
+            .map(|p| p.instance().spec.instance_id.to_string()),
         Some("b1-1".to_string())
     );
 }
@@ -167,7 +167,7 @@ fn failing(v: &View, id: &str, times: usize) {
     let now = Instant::now();
     let e = v
         .endpoints()
-        .find(|e| e.instance().spec.instance_id == id)
+        .find(|e| *e.instance().spec.instance_id == *id)
         .expect("endpoint");
     for _ in 0..times {
         v.started(e, &Now(Cell::new(Some(now))), false)
@@ -244,7 +244,7 @@ async fn a_half_open_breaker_lets_one_probe_through_and_closes_on_success() {
     let mut held = Vec::new();
     for _ in 0..6 {
         let p = v.pick_with(None, 0, 0, now).expect("pick");
-        if p.instance().spec.instance_id == "i1" {
+        if &*p.instance().spec.instance_id == "i1" {
             held.push(p);
         }
     }
@@ -289,7 +289,7 @@ async fn ejection_respects_the_max_share_and_ends_on_time() {
     let ejected: Vec<String> = v
         .endpoints()
         .filter(|e| e.is_ejected(now))
-        .map(|e| e.instance().spec.instance_id.clone())
+        .map(|e| e.instance().spec.instance_id.to_string())
         .collect();
     assert_eq!(ejected, ["i0", "i1"], "at most 20% of 10 out at once");
     let got = counts(&v, 2_000, 9, |_| None);
@@ -348,7 +348,7 @@ fn a_reused_ring_picks_as_a_fresh_one_whatever_the_order() {
         let key = format!("k{k}");
         let at = |v: &View| {
             v.pick_with(Some(key.as_bytes()), 0, 0, now)
-                .map(|p| p.instance().spec.instance_id.clone())
+                .map(|p| p.instance().spec.instance_id.to_string())
         };
         assert_eq!(at(&first), at(&reversed), "{key}");
         assert_eq!(at(&first), at(&same), "{key}");
@@ -389,7 +389,7 @@ async fn breaker_changes_reach_the_hook_and_the_metrics() {
             hook_seen
                 .lock()
                 .unwrap()
-                .push((i.spec.instance_id.clone(), s));
+                .push((i.spec.instance_id.to_string(), s));
         }))),
         metrics: Some(metrics.clone()),
         ..ViewConfig::default()
@@ -400,7 +400,7 @@ async fn breaker_changes_reach_the_hook_and_the_metrics() {
     // Picks until i1's probe goes (and succeeds).
     for _ in 0..50 {
         let p = v.pick(None).expect("pick");
-        let probe = p.instance().spec.instance_id == "i1";
+        let probe = &*p.instance().spec.instance_id == "i1";
         p.report(true);
         if probe {
             break;
@@ -562,7 +562,7 @@ async fn only_the_probe_decides_a_half_open_round() {
     let now = Instant::now();
     let i1 = v
         .endpoints()
-        .find(|e| e.instance().spec.instance_id == "i1")
+        .find(|e| &*e.instance().spec.instance_id == "i1")
         .unwrap();
     // A call picked while all was well, still out when the breaker opens...
     let slow = v.started(i1, &Now(Cell::new(Some(now))), false);
@@ -572,7 +572,7 @@ async fn only_the_probe_decides_a_half_open_round() {
     // ...the real probe goes out...
     let probe = loop {
         let p = v.pick_with(None, fast_random(), 0, now).expect("pick");
-        if p.instance().spec.instance_id == "i1" {
+        if &*p.instance().spec.instance_id == "i1" {
             break p;
         }
     };
@@ -620,7 +620,7 @@ fn a_deferred_ring_keeps_keys_where_they_were_until_the_fresh_one() {
     // i3 leaves, i10 joins.
     let mut next: Vec<Endpoint> = eps
         .iter()
-        .filter(|e| e.instance().spec.instance_id != "i3")
+        .filter(|e| &*e.instance().spec.instance_id != "i3")
         .cloned()
         .collect();
     next.push(Endpoint::new(instance("i10", "a1", 100, "")));
@@ -631,7 +631,7 @@ fn a_deferred_ring_keeps_keys_where_they_were_until_the_fresh_one() {
     let now = Instant::now();
     let at = |v: &View, key: &str| {
         v.pick_with(Some(key.as_bytes()), 0, 0, now)
-            .map(|p| p.instance().spec.instance_id.clone())
+            .map(|p| p.instance().spec.instance_id.to_string())
             .unwrap()
     };
     let mut joined = 0;
@@ -715,7 +715,7 @@ proptest! {
         };
         let v = view(&eps, config);
         failing(&v, "i0", 1);
-        prop_assert!(v.endpoints().any(|e| e.instance().spec.instance_id == "i0" && e.is_ejected(Instant::now())));
+        prop_assert!(v.endpoints().any(|e| &*e.instance().spec.instance_id == "i0" && e.is_ejected(Instant::now())));
         let got = counts(&v, 300, seed, |i| Some(format!("key-{i}").into_bytes()));
         prop_assert!(!got.contains_key("i0"), "{:?}", got);
     }

@@ -7,7 +7,7 @@ fn none() -> Assessment {
 #[test]
 fn renew_moves_the_deadline_and_lapse_is_final() {
     let mut t = LeaseTable::new();
-    t.track("a", "s", 1_000, 1, 0);
+    t.track(&"a".into(), "s", 1_000, 1, 0);
     assert_eq!(t.renew("a", 500), Ok(1_500));
     assert!(t.lapsed(1_499, 10, &none()).is_empty());
     assert_eq!(t.lapsed(1_500, 10, &none()), vec![(Arc::from("a"), 1)]);
@@ -22,7 +22,7 @@ fn renew_moves_the_deadline_and_lapse_is_final() {
 fn lapsed_is_ordered_and_bounded() {
     let mut t = LeaseTable::new();
     for (i, id) in ["c", "a", "b"].iter().enumerate() {
-        t.track(id, "s", 100 + i as u64, i as u64, 0);
+        t.track(&Arc::from(*id), "s", 100 + i as u64, i as u64, 0);
     }
     let ids: Vec<_> = t
         .lapsed(1_000, 2, &none())
@@ -36,8 +36,8 @@ fn lapsed_is_ordered_and_bounded() {
 #[test]
 fn arm_all_gives_a_full_ttl() {
     let mut t = LeaseTable::new();
-    t.track("a", "s", 1_000, 7, 0);
-    t.track("b", "s", 5_000, 8, 0);
+    t.track(&"a".into(), "s", 1_000, 7, 0);
+    t.track(&"b".into(), "s", 5_000, 8, 0);
     t.arm_all(10_000);
     assert!(t.lapsed(10_999, 10, &none()).is_empty());
     assert_eq!(t.lapsed(11_000, 10, &none()).len(), 1);
@@ -47,33 +47,39 @@ fn arm_all_gives_a_full_ttl() {
 #[test]
 fn reconcile_follows_the_registry() {
     let mut t = LeaseTable::new();
-    t.track("a", "s", 1_000, 1, 0);
+    t.track(&"a".into(), "s", 1_000, 1, 0);
     // A change that is not a registration keeps the deadline and takes the new index.
-    t.reconcile("a", Some(("s", 1_000, 9)), false, 500);
+    t.reconcile(&"a".into(), Some(("s", 1_000, 9)), false, 500);
     assert_eq!(t.lapsed(1_000, 1, &none()), vec![(Arc::from("a"), 9)]);
     // A shorter TTL pulls the deadline in; a longer one does not push it out.
-    t.reconcile("a", Some(("s", 200, 9)), false, 500);
+    t.reconcile(&"a".into(), Some(("s", 200, 9)), false, 500);
     assert_eq!(t.info("a").map(|i| i.deadline), Some(700));
-    t.reconcile("a", Some(("s", 60_000, 9)), false, 500);
+    t.reconcile(&"a".into(), Some(("s", 60_000, 9)), false, 500);
     assert_eq!(t.info("a").map(|i| i.deadline), Some(700));
     // ... but the next renewal uses it.
     assert_eq!(t.renew("a", 600), Ok(60_600));
     // A registration restarts the lease, even a lapsed one.
     assert!(t.is_lapsed("a", 70_000));
-    t.reconcile("a", Some(("s", 1_000, 10)), true, 70_000);
+    t.reconcile(&"a".into(), Some(("s", 1_000, 10)), true, 70_000);
     assert!(!t.is_lapsed("a", 70_000));
     assert_eq!(t.info("a").map(|i| i.deadline), Some(71_000));
     // Gone from the registry: forgotten. Unknown and present: tracked.
-    t.reconcile("a", None, false, 70_001);
+    t.reconcile(&"a".into(), None, false, 70_001);
     assert!(t.is_empty());
-    t.reconcile("b", Some(("s", 5_000, 11)), false, 0);
+    t.reconcile(&"b".into(), Some(("s", 5_000, 11)), false, 0);
     assert_eq!(t.info("b").map(|i| i.deadline), Some(5_000));
 }
 
 /// 20 instances of one service heartbeating every 1 s with 3 s leases.
 fn fleet(t: &mut LeaseTable, n: usize, service: &str) {
     for i in 0..n {
-        t.track(&format!("{service}-{i}"), service, 3_000, i as u64, 0);
+        t.track(
+            &format!("{service}-{i}").into(),
+            service,
+            3_000,
+            i as u64,
+            0,
+        );
     }
 }
 
@@ -187,8 +193,8 @@ fn releases_some_sees_any_service_let_go() {
 #[test]
 fn a_dead_instance_is_at_risk_at_once_refuses_renewals_and_lapses_half_a_ttl_later() {
     let mut t = LeaseTable::new();
-    t.track("a", "s", 10_000, 1, 0);
-    t.track("b", "s", 10_000, 2, 0);
+    t.track(&"a".into(), "s", 10_000, 1, 0);
+    t.track(&"b".into(), "s", 10_000, 2, 0);
     assert!(t.set_live("a", false, 1_000), "condemned by the call");
     assert!(!t.set_live("a", false, 1_100), "only once");
     assert!(t.lapsed(5_999, 10, &none()).is_empty());
@@ -201,7 +207,7 @@ fn a_dead_instance_is_at_risk_at_once_refuses_renewals_and_lapses_half_a_ttl_lat
     );
     // Reconciling (another change to it) and a new term keep it lapsed; protection letting go
     // of its service does not give it time either.
-    t.reconcile("a", Some(("s", 10_000, 5)), false, 1_200);
+    t.reconcile(&"a".into(), Some(("s", 10_000, 5)), false, 1_200);
     t.arm_all(2_000);
     assert_eq!(t.rearm_held(2_000, |_| true), 0);
     assert_eq!(t.lapsed(6_000, 10, &none()), vec![(Arc::from("a"), 5)]);

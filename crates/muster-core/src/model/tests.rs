@@ -14,7 +14,7 @@ fn err(json: &str) -> ValidationError {
 fn the_design_example_validates() {
     let (spec, healthy) = req(DESIGN_EXAMPLE).validate().expect("valid");
     assert!(!healthy);
-    assert_eq!(spec.service, "inventory-api");
+    assert_eq!(&*spec.service, "inventory-api");
     assert_eq!(spec.port, 8080);
     assert_eq!(spec.weight, 100);
     assert_eq!(spec.lease_ttl, DEFAULT_LEASE_TTL_MS);

@@ -73,7 +73,7 @@ fn register_starting_then_ready_on_heartbeat() {
     .unwrap();
     let inst = h.reg.get("i1").unwrap();
     assert_eq!(
-        (inst.status, inst.status_reason.as_str()),
+        (inst.status, &*inst.status_reason),
         (Status::Healthy, "heartbeat reported ready")
     );
     assert_eq!(
@@ -103,7 +103,7 @@ fn a_new_reason_for_staying_out_is_recorded_and_nothing_else_is() {
     h.apply(out("flapping")).unwrap();
     let inst = h.reg.get("i1").unwrap();
     assert_eq!(
-        (inst.status, inst.status_reason.as_str(), inst.modify_index),
+        (inst.status, &*inst.status_reason, inst.modify_index),
         (Status::Starting, "flapping", 2)
     );
     assert_eq!(h.events.len(), 1);
@@ -147,7 +147,7 @@ fn drain_and_undrain() {
         at: 5,
     })
     .unwrap();
-    assert_eq!(h.reg.get("i1").unwrap().status_reason, "drain requested");
+    assert_eq!(&*h.reg.get("i1").unwrap().status_reason, "drain requested");
     assert_eq!(h.status("i1"), Some(Status::Draining));
     h.apply(Command::SetStatus {
         instance_id: "i1".into(),
@@ -158,7 +158,7 @@ fn drain_and_undrain() {
     .unwrap();
     let inst = h.reg.get("i1").unwrap();
     assert_eq!(
-        (inst.status, inst.status_reason.as_str()),
+        (inst.status, &*inst.status_reason),
         (Status::Healthy, "deploy done")
     );
 }
@@ -529,7 +529,7 @@ proptest! {
                 }
             }
             for inst in reg.instances() {
-                let before = inst_index.insert(inst.spec.instance_id.clone(), inst.modify_index).unwrap_or(0);
+                let before = inst_index.insert(inst.spec.instance_id.to_string(), inst.modify_index).unwrap_or(0);
                 prop_assert!(inst.modify_index >= before);
                 prop_assert!(inst.create_index <= inst.modify_index);
                 prop_assert!(!inst.status.is_terminal());
@@ -580,13 +580,13 @@ fn a_failed_liveness_check_takes_an_instance_out_until_it_passes_again() {
         (inst.status, inst.live, inst.ready),
         (Status::Unhealthy, false, true)
     );
-    assert_eq!(inst.status_reason, "liveness check failed: HTTP 500");
+    assert_eq!(&*inst.status_reason, "liveness check failed: HTTP 500");
     // Readiness passing again does not bring a dead instance back, nor hide why it is out.
     h.apply(readiness("i1", false)).unwrap();
     h.apply(readiness("i1", true)).unwrap();
     let inst = h.reg.get("i1").unwrap();
     assert_eq!(inst.status, Status::Unhealthy);
-    assert_eq!(inst.status_reason, "liveness check failed: HTTP 500");
+    assert_eq!(&*inst.status_reason, "liveness check failed: HTTP 500");
     // Nor does undraining it.
     h.apply(Command::SetStatus {
         instance_id: "i1".into(),
@@ -608,7 +608,7 @@ fn a_failed_liveness_check_takes_an_instance_out_until_it_passes_again() {
         .unwrap();
     let inst = h.reg.get("i1").unwrap();
     assert_eq!((inst.status, inst.live), (Status::Healthy, true));
-    assert_eq!(inst.status_reason, "liveness check passed");
+    assert_eq!(&*inst.status_reason, "liveness check passed");
 }
 
 #[test]
@@ -641,4 +641,31 @@ fn a_dead_instance_that_registers_again_starts_over() {
         .unwrap();
     assert!(h.events.is_empty(), "{:?}", h.events);
     assert!(h.reg.index() > before);
+}
+
+#[test]
+fn repeated_strings_are_stored_once_and_ids_are_not_copied() {
+    let mut h = Harness::new();
+    h.apply(register("pay", "p1", true)).unwrap();
+    h.apply(register("pay", "p2", true)).unwrap();
+    // A re-registration with equal values keeps pointing at the shared copies.
+    h.apply(register("pay", "p1", true)).unwrap();
+    let shared = |reg: &Registry| {
+        let (a, b) = (reg.get("p1").unwrap(), reg.get("p2").unwrap());
+        for (x, y) in [
+            (&a.spec.service, &b.spec.service),
+            (&a.spec.host, &b.spec.host),
+            (&a.spec.zone, &b.spec.zone),
+            (&a.status_reason, &b.status_reason),
+        ] {
+            assert!(Arc::ptr_eq(x, y), "{x:?} is stored twice");
+        }
+        // The registry's keys are the instances' own ids.
+        let (key, inst) = reg.instances.get_key_value("p1").unwrap();
+        assert!(Arc::ptr_eq(key, &inst.spec.instance_id));
+        let in_service = reg.services["pay"].instances.get("p1").unwrap();
+        assert!(Arc::ptr_eq(in_service, key));
+    };
+    shared(&h.reg);
+    shared(&Registry::restore(&h.reg.snapshot()).unwrap());
 }

@@ -125,17 +125,17 @@ fn check(c: &Check) -> pb::Check {
 fn instance(i: &Instance) -> pb::Instance {
     let s = &i.spec;
     pb::Instance {
-        service: s.service.clone(),
-        instance_id: s.instance_id.clone(),
-        host: s.host.clone(),
+        service: s.service.to_string(),
+        instance_id: s.instance_id.to_string(),
+        host: s.host.to_string(),
         port: u32::from(s.port),
-        zone: s.zone.clone(),
-        region: s.region.clone(),
-        version: s.version.clone(),
+        zone: s.zone.to_string(),
+        region: s.region.to_string(),
+        version: s.version.to_string(),
         weight: s.weight,
-        deployment_group: s.deployment_group.clone(),
-        protocol: s.protocol.clone(),
-        tags: s.tags.clone(),
+        deployment_group: s.deployment_group.to_string(),
+        protocol: s.protocol.to_string(),
+        tags: s.tags.iter().map(|t| t.to_string()).collect(),
         metadata: s
             .metadata
             .iter()
@@ -145,7 +145,7 @@ fn instance(i: &Instance) -> pb::Instance {
         liveness_check: s.liveness_check.as_deref().map(check),
         lease_ttl: duration(s.lease_ttl),
         status: i.status.as_str().to_string(),
-        status_reason: i.status_reason.clone(),
+        status_reason: i.status_reason.to_string(),
         ready: i.ready,
         live: i.live,
         registered_at: muster_core::format_timestamp(i.registered_at).to_string(),

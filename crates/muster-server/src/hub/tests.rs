@@ -74,8 +74,8 @@ fn pre_encoded_bodies_equal_what_serde_would_write() {
         expect(&|i| i.status == Status::Healthy).as_slice()
     );
     assert_eq!(
-        view.body(|i| i.spec.zone == "z1").as_ref(),
-        expect(&|i| i.spec.zone == "z1").as_slice()
+        view.body(|i| &*i.spec.zone == "z1").as_ref(),
+        expect(&|i| &*i.spec.zone == "z1").as_slice()
     );
     let frame = view.snapshot_frame();
     let text = std::str::from_utf8(&frame).unwrap();
@@ -99,18 +99,23 @@ fn unchanged_instances_are_not_encoded_again() {
         register("a", "a2", "z1", true),
     ]);
     let before = w.hub.slot("a").unwrap().view();
+    // Nobody read or watched the service: nothing was encoded.
+    assert!(before.instances.iter().all(|e| !e.is_encoded()));
+    before.healthy_body();
+    assert!(before.instances.iter().all(|e| e.is_encoded()));
     w.apply(&[register("a", "a3", "z1", true)]);
     let after = w.hub.slot("a").unwrap().view();
-    // The same bytes (same allocation), not an equal copy.
+    // The same bytes (same allocation), not an equal copy; only the new one is to encode.
     assert_eq!(
-        before.instances[0].json.as_ptr(),
-        after.instances[0].json.as_ptr()
+        before.instances[0].json().as_ptr(),
+        after.instances[0].json().as_ptr()
     );
     assert_eq!(
-        before.instances[1].json.as_ptr(),
-        after.instances[1].json.as_ptr()
+        before.instances[1].json().as_ptr(),
+        after.instances[1].json().as_ptr()
     );
     assert_eq!(after.instances.len(), 3);
+    assert!(!after.instances[2].is_encoded());
 }
 
 #[test]
@@ -349,7 +354,7 @@ mod incremental {
                         prop_assert_eq!(view.statuses, counts);
                         for e in &view.instances {
                             let encoded = serde_json::to_vec(&*e.instance).unwrap();
-                            prop_assert_eq!(e.json.as_ref(), encoded.as_slice());
+                            prop_assert_eq!(e.json(), encoded.as_slice());
                         }
                     }
                 }

@@ -15,7 +15,7 @@ fn picked(r: &Resolver, n: usize) -> BTreeSet<String> {
     (0..n)
         .filter_map(|_| {
             view.pick(None)
-                .map(|p| p.instance().spec.instance_id.clone())
+                .map(|p| p.instance().spec.instance_id.to_string())
         })
         .collect()
 }

@@ -1,0 +1,121 @@
+//! One shared copy of each repeated string in the registry.
+//!
+//! Most of an instance's strings repeat across instances: its service, host, zone, region,
+//! version, deployment group, protocol, tags, metadata and status reason are shared by many (a
+//! thousand instances of a service in three zones hold three zone strings, not a thousand).
+//! The registry keeps one `Arc<str>` of each and points every instance at it, so an instance
+//! costs a pointer per field instead of an allocation per field.
+//!
+//! Interning changes no value, only where it lives: state built with or without it compares
+//! equal and snapshots the same bytes.
+//!
+//! # Bounds
+//!
+//! Strings no instance refers to any more are dropped by a sweep that runs when the table has
+//! doubled since the last one, so the table holds at most about twice the distinct strings in
+//! use, and the sweeps cost O(1) amortized per insertion.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use crate::model::{Instance, InstanceSpec, Metadata};
+
+/// Smallest table size at which a sweep runs.
+const MIN_SWEEP: usize = 1024;
+
+/// The shared strings.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Interner {
+    strings: HashSet<Arc<str>>,
+    /// Table size after the last sweep.
+    swept_at: usize,
+}
+
+impl Interner {
+    /// The shared copy of `s`.
+    pub(crate) fn get(&mut self, s: &Arc<str>) -> Arc<str> {
+        if s.is_empty() {
+            return s.clone();
+        }
+        if let Some(shared) = self.strings.get(s) {
+            return shared.clone();
+        }
+        if self.strings.len() >= MIN_SWEEP.max(2 * self.swept_at) {
+            self.sweep();
+        }
+        self.strings.insert(s.clone());
+        s.clone()
+    }
+
+    /// Points every repeated string of `spec` at its shared copy. The instance id is unique:
+    /// it is not interned (the registry shares it with its own keys instead).
+    pub(crate) fn spec(&mut self, spec: &mut InstanceSpec) {
+        for field in [
+            &mut spec.service,
+            &mut spec.host,
+            &mut spec.zone,
+            &mut spec.region,
+            &mut spec.version,
+            &mut spec.deployment_group,
+            &mut spec.protocol,
+        ] {
+            *field = self.get(field);
+        }
+        for tag in spec.tags.iter_mut() {
+            *tag = self.get(tag);
+        }
+        spec.metadata = Metadata::from_sorted(
+            spec.metadata
+                .entries()
+                .iter()
+                .map(|(k, v)| (self.get(k), self.get(v)))
+                .collect(),
+        );
+    }
+
+    /// Points an instance's status reason at its shared copy.
+    pub(crate) fn reason(&mut self, inst: &mut Instance) {
+        inst.status_reason = self.get(&inst.status_reason);
+    }
+
+    /// Drops every string only the table refers to.
+    fn sweep(&mut self) {
+        self.strings.retain(|s| Arc::strong_count(s) > 1);
+        self.swept_at = self.strings.len();
+    }
+
+    /// Strings held.
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.strings.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn equal_strings_share_one_copy() {
+        let mut i = Interner::default();
+        let a = i.get(&Arc::from("zone-a"));
+        let b = i.get(&Arc::from("zone-a"));
+        assert!(Arc::ptr_eq(&a, &b));
+        assert!(!Arc::ptr_eq(&a, &i.get(&Arc::from("zone-b"))));
+    }
+
+    #[test]
+    fn unused_strings_are_swept_and_the_table_stays_bounded() {
+        let mut i = Interner::default();
+        let kept: Vec<Arc<str>> = (0..100)
+            .map(|n| i.get(&format!("kept-{n}").into()))
+            .collect();
+        for n in 0..100_000 {
+            drop(i.get(&format!("gone-{n}").into()));
+            assert!(i.len() <= 2 * MIN_SWEEP + 100, "table grew to {}", i.len());
+        }
+        for (n, k) in kept.iter().enumerate() {
+            assert!(Arc::ptr_eq(k, &i.get(&format!("kept-{n}").into())));
+        }
+    }
+}

@@ -33,41 +33,63 @@ use tokio::sync::watch;
 const MAX_EMPTY_SLOTS: usize = 4096;
 
 /// One version of an instance, shared by the service's view and its history, with its JSON:
-/// encoded the first time a reader or a watcher needs it, then kept while this version lives.
-/// A service that nobody reads or watches holds no JSON at all.
+/// encoded the first time a reader or a watcher needs it, then kept while this version is in
+/// the view. A service that nobody reads or watches holds no JSON at all; one that is read
+/// holds it once: when the view's cached answer is built, each instance's JSON becomes a slice
+/// of that answer instead of a second copy.
 pub struct Encoded {
     /// The instance.
     pub instance: Arc<Instance>,
-    json: OnceLock<Box<[u8]>>,
+    /// `None` until needed; then its own bytes, or a slice of the view's cached answer.
+    json: Mutex<Option<Bytes>>,
 }
 
 impl Encoded {
     fn new(instance: &Arc<Instance>) -> Arc<Encoded> {
         Arc::new(Encoded {
             instance: instance.clone(),
-            json: OnceLock::new(),
+            json: Mutex::new(None),
         })
     }
 
-    /// The instance's JSON, encoded on first use (exactly sized: one is kept per instance).
-    pub fn json(&self) -> &[u8] {
-        self.json.get_or_init(|| {
-            SCRATCH.with_borrow_mut(|scratch| {
+    fn slot(&self) -> std::sync::MutexGuard<'_, Option<Bytes>> {
+        self.json.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The instance's JSON, encoded on first use (exactly sized).
+    pub fn json(&self) -> Bytes {
+        let mut slot = self.slot();
+        if let Some(json) = &*slot {
+            return json.clone();
+        }
+        let json = SCRATCH.with_borrow_mut(|scratch| {
+            scratch.clear();
+            // An Instance holds only strings, numbers and maps with string keys: encoding
+            // cannot fail.
+            if serde_json::to_writer(&mut *scratch, &*self.instance).is_err() {
                 scratch.clear();
-                // An Instance holds only strings, numbers and maps with string keys: encoding
-                // cannot fail.
-                if serde_json::to_writer(&mut *scratch, &*self.instance).is_err() {
-                    scratch.clear();
-                }
-                Box::from(&scratch[..])
-            })
-        })
+            }
+            Bytes::from(scratch.to_vec())
+        });
+        *slot = Some(json.clone());
+        json
     }
 
-    /// Whether the JSON was needed yet.
+    /// Keeps `same` (equal bytes inside the view's cached answer) instead of its own copy.
+    fn share(&self, same: Bytes) {
+        *self.slot() = Some(same);
+    }
+
+    /// This version left the view: its JSON may be a slice of a cached answer, which it would
+    /// keep alive from the history. Dropped; encoded again if a resuming watcher needs it.
+    fn retire(&self) {
+        *self.slot() = None;
+    }
+
+    /// Whether the JSON is held now.
     #[cfg(test)]
     pub(crate) fn is_encoded(&self) -> bool {
-        self.json.get().is_some()
+        self.slot().is_some()
     }
 }
 
@@ -123,34 +145,47 @@ impl ServiceView {
     /// built at most once per change.
     pub fn healthy_body(&self) -> Bytes {
         self.healthy_body
-            .get_or_init(|| self.body(|i| i.status == Status::Healthy))
+            .get_or_init(|| self.build(|i| i.status == Status::Healthy, true))
             .clone()
     }
 
     /// The lookup body of the instances `keep` accepts.
     pub fn body(&self, keep: impl Fn(&Instance) -> bool) -> Bytes {
+        self.build(keep, false)
+    }
+
+    /// A lookup body; with `share`, the instances' JSON becomes slices of it (for the body the
+    /// view keeps, so that a read service holds its JSON once).
+    fn build(&self, keep: impl Fn(&Instance) -> bool, share: bool) -> Bytes {
+        let parts: Vec<(&Arc<Encoded>, Bytes)> = self
+            .instances
+            .iter()
+            .filter(|e| keep(&e.instance))
+            .map(|e| (e, e.json()))
+            .collect();
         let mut out = BytesMut::with_capacity(
-            64 + self
-                .instances
-                .iter()
-                .map(|e| e.json().len() + 1)
-                .sum::<usize>(),
+            64 + self.service.len() + parts.iter().map(|(_, j)| j.len() + 1).sum::<usize>(),
         );
         out.put_slice(b"{\"service\":");
         put_json_str(&mut out, &self.service);
         out.put_slice(format!(",\"index\":{},\"instances\":[", self.index).as_bytes());
-        let mut first = true;
-        for e in &self.instances {
-            if keep(&e.instance) {
-                if !first {
-                    out.put_u8(b',');
-                }
-                first = false;
-                out.put_slice(e.json());
+        let mut ranges = Vec::with_capacity(if share { parts.len() } else { 0 });
+        for (i, (_, json)) in parts.iter().enumerate() {
+            if i > 0 {
+                out.put_u8(b',');
+            }
+            let start = out.len();
+            out.put_slice(json);
+            if share {
+                ranges.push(start..out.len());
             }
         }
         out.put_slice(b"]}");
-        out.freeze()
+        let body = out.freeze();
+        for ((e, _), range) in parts.iter().zip(ranges) {
+            e.share(body.slice(range));
+        }
+        body
     }
 
     /// The SSE `snapshot` frame: every instance, any status.
@@ -165,7 +200,7 @@ impl ServiceView {
                     if i > 0 {
                         data.put_u8(b',');
                     }
-                    data.put_slice(e.json());
+                    data.put_slice(&e.json());
                 }
                 data.put_slice(b"]}");
                 sse_frame("snapshot", self.index, &data)
@@ -272,7 +307,7 @@ impl Slot {
                 .into_iter()
                 .map(|w| {
                     w.unwrap_or_else(|(index, kind, e)| {
-                        (index, event_frame(&service, kind, index, e.json()))
+                        (index, event_frame(&service, kind, index, &e.json()))
                     })
                 })
                 .collect(),
@@ -502,6 +537,7 @@ impl Hub {
                     (EventKind::Upsert, Ok(p)) => {
                         statuses[status_slot(instances[p].instance.status)] -= 1;
                         statuses[status_slot(ev.instance.status)] += 1;
+                        instances[p].retire();
                         instances[p] = fresh();
                     }
                     (EventKind::Upsert, Err(p)) => {
@@ -510,7 +546,7 @@ impl Hub {
                     }
                     (EventKind::Delete, Ok(p)) => {
                         statuses[status_slot(instances[p].instance.status)] -= 1;
-                        instances.remove(p);
+                        instances.remove(p).retire();
                     }
                     (EventKind::Delete, Err(_)) => {}
                 }
@@ -522,7 +558,7 @@ impl Hub {
                 if slot.index.receiver_count() > 0 && kept.len() <= self.history_len {
                     history.recent = kept
                         .iter()
-                        .map(|e| event_frame(service, e.kind, e.index, e.encoded.json()))
+                        .map(|e| event_frame(service, e.kind, e.index, &e.encoded.json()))
                         .collect();
                 }
                 history.events.extend(kept);

@@ -119,6 +119,52 @@ fn unchanged_instances_are_not_encoded_again() {
 }
 
 #[test]
+fn a_read_service_holds_its_json_once() {
+    let mut w = World::new(16);
+    w.apply(&[
+        register("a", "a1", "z1", true),
+        register("a", "a2", "z1", true),
+    ]);
+    let inside = |body: &[u8], json: &[u8]| {
+        let range = body.as_ptr_range();
+        range.contains(&json.as_ptr()) && json.len() < body.len()
+    };
+    let v1 = w.hub.slot("a").unwrap().view();
+    let body1 = v1.healthy_body();
+    for e in &v1.instances {
+        assert!(inside(&body1, &e.json()), "the JSON is a second copy");
+    }
+    // a2 changes: its old version leaves the view and lets go of the old answer; the next
+    // answer takes over the JSON of the instance that stayed.
+    w.apply(&[register("a", "a2", "z2", true)]);
+    let old_a2 = v1.instances[1].clone();
+    assert!(!old_a2.is_encoded());
+    let v2 = w.hub.slot("a").unwrap().view();
+    assert!(inside(&body1, &v2.instances[0].json()));
+    let body2 = v2.healthy_body();
+    for e in &v2.instances {
+        assert!(
+            inside(&body2, &e.json()),
+            "the JSON is not the new answer's"
+        );
+    }
+    // A filtered answer is built per request and shares nothing.
+    let z2 = v2.body(|i| &*i.spec.zone == "z2");
+    assert!(!inside(&z2, &v2.instances[1].json()));
+    // The history still answers a resuming watcher (the old version encoded again).
+    let frames = match w.hub.slot("a").unwrap().since(0, u64::MAX, 0) {
+        Since::Events(f) => f,
+        Since::Compacted => panic!("history was compacted"),
+    };
+    assert_eq!(frames.len(), 3);
+    assert!(
+        std::str::from_utf8(&frames[1].1)
+            .unwrap()
+            .contains("\"zone\":\"z1\"")
+    );
+}
+
+#[test]
 fn a_change_moves_only_its_own_service_index() {
     let mut w = World::new(16);
     w.apply(&[register("a", "a1", "", true), register("b", "b1", "", true)]);

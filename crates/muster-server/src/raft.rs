@@ -29,7 +29,7 @@ use openraft::{BasicNode, Config, Instant as _, Raft, ServerState, SnapshotPolic
 use serde::{Deserialize, Serialize};
 
 pub(crate) use log_store::LogStore;
-pub(crate) use state_machine::StateMachine;
+pub(crate) use state_machine::{SnapshotData, StateMachine};
 
 /// Tokio, with openraft's randomness (election timeouts, tick phases) drawn from a seeded
 /// generator: a random seed in production, a fixed one in a simulation, which can then replay.
@@ -1031,7 +1031,7 @@ type WriteResult = Result<
 >;
 
 /// A snapshot as it travels between nodes.
-type WireSnapshot = (VoteOf<TypeConfig>, SnapshotOf<TypeConfig, Vec<u8>>);
+type WireSnapshot = (VoteOf<TypeConfig>, SnapshotOf<TypeConfig, SnapshotData>);
 
 fn decode_snapshot_rpc(body: &[u8]) -> Result<WireSnapshot, String> {
     let bad = || "truncated snapshot request".to_string();
@@ -1046,9 +1046,9 @@ fn decode_snapshot_rpc(body: &[u8]) -> Result<WireSnapshot, String> {
         serde_json::from_slice(header).map_err(|e| format!("bad snapshot header: {e}"))?;
     Ok((
         vote,
-        SnapshotOf::<TypeConfig, Vec<u8>> {
+        SnapshotOf::<TypeConfig, SnapshotData> {
             meta,
-            snapshot: body[4 + len..].to_vec(),
+            snapshot: SnapshotData::Bytes(body[4 + len..].to_vec()),
         },
     ))
 }

@@ -8,7 +8,7 @@
 use std::future::Future;
 use std::time::Duration;
 
-use openraft::alias::{SnapshotOf, VoteOf};
+use openraft::alias::{SnapshotMetaOf, SnapshotOf, VoteOf};
 use openraft::errors::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
 use openraft::network::{RPCOption, RaftNetworkFactory, RaftNetworkV2};
 use openraft::raft::{
@@ -18,7 +18,7 @@ use openraft::{BasicNode, OptionalSend};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::TypeConfig;
+use super::{SnapshotData, TypeConfig};
 
 /// Path prefix of the Raft RPCs.
 pub(crate) const RPC_PREFIX: &str = "/internal/raft";
@@ -219,21 +219,22 @@ fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, RPCError<TypeConfig>> {
 }
 
 /// A snapshot on the wire: `[header length: u32 LE][header JSON][snapshot bytes]`.
-pub(crate) fn encode_snapshot_rpc(
+fn encode_snapshot_rpc(
     vote: &VoteOf<TypeConfig>,
-    snapshot: &SnapshotOf<TypeConfig, Vec<u8>>,
+    meta: &SnapshotMetaOf<TypeConfig>,
+    data: &[u8],
 ) -> Result<Vec<u8>, String> {
-    let header = serde_json::to_vec(&(vote, &snapshot.meta)).map_err(|e| e.to_string())?;
+    let header = serde_json::to_vec(&(vote, meta)).map_err(|e| e.to_string())?;
     let len = u32::try_from(header.len()).map_err(|e| e.to_string())?;
-    let mut out = Vec::with_capacity(4 + header.len() + snapshot.snapshot.len());
+    let mut out = Vec::with_capacity(4 + header.len() + data.len());
     out.extend_from_slice(&len.to_le_bytes());
     out.extend_from_slice(&header);
-    out.extend_from_slice(&snapshot.snapshot);
+    out.extend_from_slice(data);
     Ok(out)
 }
 
 impl RaftNetworkV2<TypeConfig> for PeerClient {
-    type SnapshotData = Vec<u8>;
+    type SnapshotData = SnapshotData;
 
     async fn append_entries(
         &mut self,
@@ -256,11 +257,16 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
     async fn full_snapshot(
         &mut self,
         vote: VoteOf<TypeConfig>,
-        snapshot: SnapshotOf<TypeConfig, Vec<u8>>,
+        snapshot: SnapshotOf<TypeConfig, SnapshotData>,
         cancel: impl Future<Output = ReplicationClosed> + OptionalSend + 'static,
         option: RPCOption,
     ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
-        let body = encode_snapshot_rpc(&vote, &snapshot)
+        let data = snapshot
+            .snapshot
+            .into_bytes()
+            .await
+            .map_err(|e| StreamingError::Network(NetworkError::from_string(e.to_string())))?;
+        let body = encode_snapshot_rpc(&vote, &snapshot.meta, &data)
             .map_err(|e| StreamingError::Network(NetworkError::from_string(e)))?;
         // A snapshot may be large: allow it the hard TTL, and a bit per megabyte.
         let timeout = option.hard_ttl() + Duration::from_millis(body.len() as u64 / 1_000);

@@ -24,7 +24,7 @@ use super::{ApplyObserver, Response, TypeConfig, io_err};
 type LogId = LogIdOf<TypeConfig>;
 type Membership = StoredMembershipOf<TypeConfig>;
 type SnapshotMeta = SnapshotMetaOf<TypeConfig>;
-type Snapshot = SnapshotOf<TypeConfig, Vec<u8>>;
+type Snapshot = SnapshotOf<TypeConfig, SnapshotData>;
 
 const KEY_SNAPSHOT: &str = "raft.snapshot";
 
@@ -190,6 +190,51 @@ fn write_header(out: &mut dyn std::io::Write, meta_json: &[u8]) -> Result<(), st
     out.write_all(meta_json)
 }
 
+/// A snapshot's registry bytes as openraft carries them.
+pub(crate) enum SnapshotData {
+    /// In memory: read from the store to be sent, or received from the leader.
+    Bytes(Vec<u8>),
+    /// The snapshot this node just built, already in the store. openraft keeps only a built
+    /// snapshot's meta (a transfer asks for the stored one), so its bytes (the size of the
+    /// registry's encoding) are not read back; [`SnapshotData::into_bytes`] reads them if asked.
+    Stored {
+        sm: StateMachine,
+        last_log_id: Option<LogId>,
+    },
+}
+
+impl std::fmt::Debug for SnapshotData {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SnapshotData::Bytes(b) => write!(f, "SnapshotData::Bytes({} bytes)", b.len()),
+            SnapshotData::Stored { last_log_id, .. } => {
+                write!(f, "SnapshotData::Stored({last_log_id:?})")
+            }
+        }
+    }
+}
+
+impl SnapshotData {
+    /// The bytes. A stored snapshot is read, and refused if a newer one replaced it since (its
+    /// bytes would not match its meta).
+    pub(crate) async fn into_bytes(self) -> Result<Vec<u8>, std::io::Error> {
+        match self {
+            SnapshotData::Bytes(bytes) => Ok(bytes),
+            SnapshotData::Stored { sm, last_log_id } => {
+                let bytes = sm
+                    .stored_bytes()
+                    .await?
+                    .ok_or_else(|| io_err("the stored snapshot is gone"))?;
+                let (meta, data) = decode_snapshot(bytes)?;
+                if meta.last_log_id != last_log_id {
+                    return Err(io_err("the built snapshot was replaced by a newer one"));
+                }
+                Ok(data)
+            }
+        }
+    }
+}
+
 /// Splits stored snapshot bytes into the meta and the registry snapshot (in place: the registry
 /// part keeps the buffer).
 fn decode_snapshot(mut bytes: Vec<u8>) -> Result<(SnapshotMeta, Vec<u8>), std::io::Error> {
@@ -207,7 +252,7 @@ fn decode_snapshot(mut bytes: Vec<u8>) -> Result<(SnapshotMeta, Vec<u8>), std::i
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
-    type SnapshotData = Vec<u8>;
+    type SnapshotData = SnapshotData;
 
     async fn build_snapshot(&mut self) -> Result<Snapshot, std::io::Error> {
         // Take the parts under the lock (pointer copies), encode outside it: apply is not held
@@ -223,23 +268,18 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
         let written = self
             .persist_snapshot(&meta, Source::Registry(parts.clone()))
             .await?;
-        // openraft keeps only the meta of a built snapshot (it serves transfers from
-        // `get_current_snapshot`), but the builder's contract is the whole snapshot: read the
-        // bytes back rather than holding the encoding in memory while writing it.
-        let data = match self
-            .stored_bytes()
-            .await?
-            .map(decode_snapshot)
-            .transpose()?
-        {
-            Some((stored, data)) if written && stored.last_log_id == meta.last_log_id => data,
-            _ => {
-                let mut data = Vec::new();
-                parts.write_to(&mut data)?;
-                data
+        let data = if written {
+            SnapshotData::Stored {
+                sm: self.clone(),
+                last_log_id: meta.last_log_id,
             }
+        } else {
+            // A newer snapshot was installed meanwhile: this one exists only in memory.
+            let mut data = Vec::new();
+            parts.write_to(&mut data)?;
+            SnapshotData::Bytes(data)
         };
-        tracing::info!(index = ?meta.last_log_id.map(|l| l.index), bytes = data.len(), "snapshot built");
+        tracing::info!(index = ?meta.last_log_id.map(|l| l.index), ?data, "snapshot built");
         Ok(Snapshot {
             meta,
             snapshot: data,
@@ -248,7 +288,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
 }
 
 impl RaftStateMachine<TypeConfig> for StateMachine {
-    type SnapshotData = Vec<u8>;
+    type SnapshotData = SnapshotData;
     type SnapshotBuilder = StateMachine;
 
     async fn applied_state(&mut self) -> Result<(Option<LogId>, Membership), std::io::Error> {
@@ -332,8 +372,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     async fn install_snapshot(
         &mut self,
         meta: &SnapshotMeta,
-        snapshot: Vec<u8>,
+        snapshot: SnapshotData,
     ) -> Result<(), std::io::Error> {
+        let snapshot = snapshot.into_bytes().await?;
         let registry = Registry::restore(&snapshot).map_err(io_err)?;
         self.persist_snapshot(meta, Source::Bytes(snapshot)).await?;
         let mut state = self.write_state();
@@ -350,7 +391,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             return Ok(None);
         };
         let (meta, snapshot) = decode_snapshot(bytes)?;
-        Ok(Some(Snapshot { meta, snapshot }))
+        Ok(Some(Snapshot {
+            meta,
+            snapshot: SnapshotData::Bytes(snapshot),
+        }))
     }
 }
 
@@ -389,7 +433,7 @@ mod tests {
         let mut sm = StateMachine::new(store.clone(), Arc::new(Quiet));
         let current = sm.get_current_snapshot().await.unwrap().expect("the blob");
         assert_eq!(current.meta.last_log_id, meta(5).last_log_id);
-        assert_eq!(current.snapshot, data);
+        assert_eq!(current.snapshot.into_bytes().await.unwrap(), data);
         // Not older than the stored one: refused, the blob stays.
         assert!(
             !sm.persist_snapshot(&meta(5), Source::Bytes(data.clone()))
@@ -398,11 +442,32 @@ mod tests {
         );
         assert!(store.blob(KEY_SNAPSHOT).unwrap().is_some());
         // Newer: the file takes over and the blob is deleted.
-        sm.install_snapshot(&meta(9), data.clone()).await.unwrap();
+        sm.install_snapshot(&meta(9), SnapshotData::Bytes(data.clone()))
+            .await
+            .unwrap();
         assert!(store.blob(KEY_SNAPSHOT).unwrap().is_none());
         assert!(dir.path().join(muster_store::SNAPSHOT_FILE).is_file());
         let current = sm.get_current_snapshot().await.unwrap().expect("the file");
         assert_eq!(current.meta.last_log_id, meta(9).last_log_id);
-        assert_eq!(current.snapshot, data);
+        assert_eq!(current.snapshot.into_bytes().await.unwrap(), data);
+    }
+
+    #[tokio::test]
+    async fn a_built_snapshot_is_not_read_back_but_reads_as_what_was_stored() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut sm = StateMachine::new(store, Arc::new(Quiet));
+        let built = sm.build_snapshot().await.unwrap();
+        assert!(matches!(built.snapshot, SnapshotData::Stored { .. }));
+        let stored = sm.get_current_snapshot().await.unwrap().expect("stored");
+        assert_eq!(stored.meta.last_log_id, built.meta.last_log_id);
+        let stored = stored.snapshot.into_bytes().await.unwrap();
+        assert_eq!(stored, Registry::default().snapshot());
+        let again = sm.build_snapshot().await.unwrap();
+        // A newer snapshot replaces the stored one: the older handle no longer reads.
+        sm.install_snapshot(&meta(9), SnapshotData::Bytes(stored.clone()))
+            .await
+            .unwrap();
+        assert!(again.snapshot.into_bytes().await.is_err());
     }
 }

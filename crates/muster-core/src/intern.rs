@@ -1,10 +1,11 @@
 //! One shared copy of each repeated string in the registry.
 //!
-//! Most of an instance's strings repeat across instances: its service, host, zone, region,
-//! version, deployment group, protocol, tags, metadata and status reason are shared by many (a
-//! thousand instances of a service in three zones hold three zone strings, not a thousand).
-//! The registry keeps one `Arc<str>` of each and points every instance at it, so an instance
-//! costs a pointer per field instead of an allocation per field.
+//! Most of an instance's strings repeat across instances: its service, zone, region, version,
+//! deployment group, protocol, tags, metadata and status reason are shared by many (a thousand
+//! instances of a service in three zones hold three zone strings, not a thousand). The registry
+//! keeps one `Arc<str>` of each and points every instance at it, so an instance costs a pointer
+//! per field instead of an allocation per field. Ids and hosts are mostly unique (a host per
+//! pod or VM): they are not interned.
 //!
 //! Interning changes no value, only where it lives: state built with or without it compares
 //! equal and snapshots the same bytes.
@@ -12,8 +13,9 @@
 //! # Bounds
 //!
 //! Strings no instance refers to any more are dropped by a sweep that runs when the table has
-//! doubled since the last one, so the table holds at most about twice the distinct strings in
-//! use, and the sweeps cost O(1) amortized per insertion.
+//! doubled since the last one, or when as many instances were removed since as the table holds
+//! strings: the table holds about twice the distinct strings in use at most, and the sweeps
+//! cost O(1) amortized per insertion or removal.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -29,6 +31,8 @@ pub(crate) struct Interner {
     strings: HashSet<Arc<str>>,
     /// Table size after the last sweep.
     swept_at: usize,
+    /// Instances removed since the last sweep.
+    removed: usize,
 }
 
 impl Interner {
@@ -52,7 +56,6 @@ impl Interner {
     pub(crate) fn spec(&mut self, spec: &mut InstanceSpec) {
         for field in [
             &mut spec.service,
-            &mut spec.host,
             &mut spec.zone,
             &mut spec.region,
             &mut spec.version,
@@ -78,10 +81,20 @@ impl Interner {
         inst.status_reason = self.get(&inst.status_reason);
     }
 
+    /// An instance was removed: some strings may be unused now.
+    pub(crate) fn removed(&mut self) {
+        self.removed += 1;
+        if self.removed >= MIN_SWEEP.max(self.strings.len()) {
+            self.sweep();
+        }
+    }
+
     /// Drops every string only the table refers to.
     fn sweep(&mut self) {
         self.strings.retain(|s| Arc::strong_count(s) > 1);
+        self.strings.shrink_to(2 * self.strings.len());
         self.swept_at = self.strings.len();
+        self.removed = 0;
     }
 
     /// Strings held.
@@ -117,5 +130,21 @@ mod tests {
         for (n, k) in kept.iter().enumerate() {
             assert!(Arc::ptr_eq(k, &i.get(&format!("kept-{n}").into())));
         }
+    }
+
+    #[test]
+    fn removals_alone_sweep_the_table() {
+        let mut i = Interner::default();
+        let held: Vec<Arc<str>> = (0..50_000)
+            .map(|n| i.get(&format!("s-{n}").into()))
+            .collect();
+        let table = i.len();
+        assert!(table >= 25_000, "{table}");
+        // Every instance goes and no new string arrives: the removals sweep.
+        drop(held);
+        for _ in 0..table {
+            i.removed();
+        }
+        assert_eq!(i.len(), 0);
     }
 }

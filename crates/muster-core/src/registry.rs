@@ -4,7 +4,8 @@
 //!
 //! - `apply` is deterministic: it reads no clock (every command carries the leader's wall time)
 //!   and iterates only ordered maps, so every replica that applies the same log holds the same
-//!   state, and [`Registry::snapshot`] of two such replicas is byte-identical.
+//!   state, and [`Registry::snapshot`] of two such replicas (of the same Muster version) is
+//!   byte-identical.
 //! - Indices never decrease: the registry index is the index of the last applied log entry, each
 //!   service's modify index is the registry index of its last change, and each instance's
 //!   `modifyIndex` is the registry index of its last change. `apply` rejects an index that does
@@ -718,6 +719,7 @@ impl Registry {
         events: &mut Vec<Event>,
     ) -> Option<Arc<Instance>> {
         let existing = self.instances.remove(id)?;
+        self.strings.removed();
         let mut gone = Instance::clone(&existing);
         transition(&mut gone, status, reason, at);
         gone.ready = false;

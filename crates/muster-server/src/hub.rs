@@ -40,26 +40,44 @@ const MAX_EMPTY_SLOTS: usize = 4096;
 pub struct Encoded {
     /// The instance.
     pub instance: Arc<Instance>,
-    /// `None` until needed; then its own bytes, or a slice of the view's cached answer.
-    json: Mutex<Option<Bytes>>,
+    json: Mutex<Json>,
 }
+
+/// Where an [`Encoded`]'s JSON is.
+struct Json {
+    /// `None` until needed (and again once retired).
+    bytes: Option<Bytes>,
+    /// [`SHARED_NOT`], the index of the view whose cached answer `bytes` is a slice of, or
+    /// [`RETIRED`].
+    shared_in: u64,
+}
+
+/// The JSON is its own allocation (or not encoded yet).
+const SHARED_NOT: u64 = 0;
+/// The version left the view: its JSON is encoded on demand and not kept, and no answer may
+/// share into it (a late build of an older view's answer would otherwise pin that whole
+/// answer from the watch history).
+const RETIRED: u64 = u64::MAX;
 
 impl Encoded {
     fn new(instance: &Arc<Instance>) -> Arc<Encoded> {
         Arc::new(Encoded {
             instance: instance.clone(),
-            json: Mutex::new(None),
+            json: Mutex::new(Json {
+                bytes: None,
+                shared_in: SHARED_NOT,
+            }),
         })
     }
 
-    fn slot(&self) -> std::sync::MutexGuard<'_, Option<Bytes>> {
+    fn slot(&self) -> std::sync::MutexGuard<'_, Json> {
         self.json.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The instance's JSON, encoded on first use (exactly sized).
     pub fn json(&self) -> Bytes {
         let mut slot = self.slot();
-        if let Some(json) = &*slot {
+        if let Some(json) = &slot.bytes {
             return json.clone();
         }
         let json = SCRATCH.with_borrow_mut(|scratch| {
@@ -71,25 +89,35 @@ impl Encoded {
             }
             Bytes::from(scratch.to_vec())
         });
-        *slot = Some(json.clone());
+        if slot.shared_in != RETIRED {
+            slot.bytes = Some(json.clone());
+        }
         json
     }
 
-    /// Keeps `same` (equal bytes inside the view's cached answer) instead of its own copy.
-    fn share(&self, same: Bytes) {
-        *self.slot() = Some(same);
+    /// Keeps `same` (equal bytes inside the cached answer of the view at `view_index`) instead
+    /// of its own copy, unless it is retired or already shares a newer view's answer.
+    fn share(&self, same: Bytes, view_index: u64) {
+        let mut slot = self.slot();
+        if slot.shared_in != RETIRED && slot.shared_in <= view_index {
+            slot.bytes = Some(same);
+            slot.shared_in = view_index;
+        }
     }
 
     /// This version left the view: its JSON may be a slice of a cached answer, which it would
-    /// keep alive from the history. Dropped; encoded again if a resuming watcher needs it.
+    /// keep alive from the history. Dropped for good; encoded again each time a resuming
+    /// watcher needs it.
     fn retire(&self) {
-        *self.slot() = None;
+        let mut slot = self.slot();
+        slot.bytes = None;
+        slot.shared_in = RETIRED;
     }
 
     /// Whether the JSON is held now.
     #[cfg(test)]
     pub(crate) fn is_encoded(&self) -> bool {
-        self.slot().is_some()
+        self.slot().bytes.is_some()
     }
 }
 
@@ -183,7 +211,7 @@ impl ServiceView {
         out.put_slice(b"]}");
         let body = out.freeze();
         for ((e, _), range) in parts.iter().zip(ranges) {
-            e.share(body.slice(range));
+            e.share(body.slice(range), self.index);
         }
         body
     }

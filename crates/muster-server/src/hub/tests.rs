@@ -462,3 +462,25 @@ fn frames_shared_with_watchers_equal_frames_assembled_later() {
         .collect();
     assert_eq!(deleted, [true, true, true], "deletes in order");
 }
+
+#[test]
+fn a_late_answer_of_an_old_view_pins_nothing() {
+    let mut w = World::new(16);
+    w.apply(&[
+        register("a", "a1", "z1", true),
+        register("a", "a2", "z1", true),
+    ]);
+    let inside = |body: &[u8], json: &[u8]| body.as_ptr_range().contains(&json.as_ptr());
+    // A reader took the view, then a change replaced it before that reader built its answer.
+    let v1 = w.hub.slot("a").unwrap().view();
+    w.apply(&[register("a", "a2", "z2", true)]);
+    let v2 = w.hub.slot("a").unwrap().view();
+    let body2 = v2.healthy_body();
+    let body1 = v1.healthy_body();
+    assert_ne!(body1, body2);
+    // The version that left keeps no JSON (the history holds it: it would pin body1) ...
+    assert!(!v1.instances[1].is_encoded());
+    // ... and the instance that stayed keeps pointing into the newer answer.
+    assert!(inside(&body2, &v2.instances[0].json()));
+    assert!(!inside(&body1, &v2.instances[0].json()));
+}

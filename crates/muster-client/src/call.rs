@@ -10,6 +10,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use arcstr::ArcStr;
 use muster_core::Instance;
 use tokio::time::Instant;
 
@@ -159,7 +160,7 @@ where
     policy.budget.deposit();
     let mut last = CallError::NoEndpoint;
     // Endpoints that failed this call (by id): a retry prefers another.
-    let mut failed: Vec<Arc<str>> = Vec::new();
+    let mut failed: Vec<ArcStr> = Vec::new();
     for attempt in 1..=policy.max_attempts.max(1) {
         if attempt > 1 {
             let wait = policy.backoff.delay(attempt - 1);

@@ -21,6 +21,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use arcstr::ArcStr;
 use futures_util::StreamExt;
 use muster_core::Instance;
 use muster_proto::WatchEvent;
@@ -120,7 +121,7 @@ struct Cached {
 struct State {
     /// By instance id (sorted: views are built in the same order each time, so what they
     /// build per member set is reused).
-    endpoints: BTreeMap<Arc<str>, Endpoint>,
+    endpoints: BTreeMap<ArcStr, Endpoint>,
     index: u64,
     source: Source,
     connected: bool,

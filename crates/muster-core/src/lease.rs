@@ -24,7 +24,8 @@
 //! what crossed it. Instances that deregister leave the table, so a scale-down never trips it.
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::Arc;
+
+use arcstr::ArcStr;
 
 /// Why a renewal was refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
@@ -40,7 +41,7 @@ pub enum RenewError {
 
 #[derive(Clone, Debug)]
 struct Lease {
-    service: Arc<str>,
+    service: ArcStr,
     deadline: u64,
     ttl: u64,
     /// Modify index of the instance when it was last tracked; carried into `Expire`.
@@ -93,7 +94,7 @@ pub struct Assessment {
     /// The registry-wide share crossed the threshold: every expiry is held.
     pub registry_held: bool,
     /// Services whose own share crossed the threshold: their expiries are held.
-    pub held_services: BTreeSet<Arc<str>>,
+    pub held_services: BTreeSet<ArcStr>,
 }
 
 impl Assessment {
@@ -117,10 +118,10 @@ impl Assessment {
 /// Lease deadlines by instance, ordered by deadline (for sweeps) and by risk (for protection).
 #[derive(Debug, Default)]
 pub struct LeaseTable {
-    leases: HashMap<Arc<str>, Lease>,
-    by_deadline: BTreeSet<(u64, Arc<str>)>,
-    by_risk: BTreeSet<(u64, Arc<str>)>,
-    service_sizes: HashMap<Arc<str>, usize>,
+    leases: HashMap<ArcStr, Lease>,
+    by_deadline: BTreeSet<(u64, ArcStr)>,
+    by_risk: BTreeSet<(u64, ArcStr)>,
+    service_sizes: HashMap<ArcStr, usize>,
 }
 
 /// What the table knows of one lease.
@@ -150,7 +151,7 @@ impl LeaseTable {
 
     /// Starts tracking an instance of `service` (or updates it), with a full TTL from `now`.
     /// A new lease keeps `id` itself (shared with the registry), not a copy.
-    pub fn track(&mut self, id: &Arc<str>, service: &str, ttl: u64, modify_index: u64, now: u64) {
+    pub fn track(&mut self, id: &ArcStr, service: &str, ttl: u64, modify_index: u64, now: u64) {
         let (id, service) = self.keys(id, service);
         let lease = Lease {
             service,
@@ -203,7 +204,7 @@ impl LeaseTable {
     /// holds it.
     pub fn reconcile(
         &mut self,
-        id: &Arc<str>,
+        id: &ArcStr,
         instance: Option<(&str, u64, u64)>,
         registered: bool,
         now: u64,
@@ -307,7 +308,7 @@ impl LeaseTable {
     /// instances still on their way back get time to heartbeat, and the ones that are really
     /// gone expire one TTL later.
     pub fn rearm_held(&mut self, now: u64, released: impl Fn(&str) -> bool) -> usize {
-        let lapsed: Vec<Arc<str>> = self
+        let lapsed: Vec<ArcStr> = self
             .by_deadline
             .iter()
             .take_while(|(deadline, _)| *deadline <= now)
@@ -366,7 +367,7 @@ impl LeaseTable {
     /// Leases whose deadline is at or before `now` and whose expiry `held` does not hold, as
     /// `(instance id, modify index)`, earliest first, at most `limit` of them. They stay in the
     /// table (and refuse renewal) until [`LeaseTable::untrack`]ed when the expiry is applied.
-    pub fn lapsed(&self, now: u64, limit: usize, held: &Assessment) -> Vec<(Arc<str>, u64)> {
+    pub fn lapsed(&self, now: u64, limit: usize, held: &Assessment) -> Vec<(ArcStr, u64)> {
         self.by_deadline
             .iter()
             .take_while(|(deadline, _)| *deadline <= now)
@@ -383,7 +384,7 @@ impl LeaseTable {
     }
 
     /// Shared keys for `id` and `service` (reusing the table's when it has them).
-    fn keys(&self, id: &Arc<str>, service: &str) -> (Arc<str>, Arc<str>) {
+    fn keys(&self, id: &ArcStr, service: &str) -> (ArcStr, ArcStr) {
         let id = self
             .leases
             .get_key_value(&**id)
@@ -391,7 +392,7 @@ impl LeaseTable {
         let service = self
             .service_sizes
             .get_key_value(service)
-            .map_or_else(|| Arc::from(service), |(k, _)| k.clone());
+            .map_or_else(|| ArcStr::from(service), |(k, _)| k.clone());
         (id, service)
     }
 
@@ -404,7 +405,7 @@ impl LeaseTable {
         }
     }
 
-    fn set(&mut self, id: Arc<str>, lease: Lease) {
+    fn set(&mut self, id: ArcStr, lease: Lease) {
         match self.leases.get(&id) {
             Some(old) => {
                 self.by_deadline.remove(&(old.deadline, id.clone()));

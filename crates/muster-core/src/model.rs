@@ -4,8 +4,8 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::sync::Arc;
 
+use arcstr::ArcStr;
 use serde::{Deserialize, Serialize};
 
 use crate::serde_util::{duration_ms, parse_duration_ms, timestamp_ms};
@@ -371,33 +371,33 @@ impl ValidationError {
 #[serde(rename_all = "camelCase")]
 pub struct InstanceSpec {
     /// Service name.
-    pub service: Arc<str>,
+    pub service: ArcStr,
     /// Unique instance id.
-    pub instance_id: Arc<str>,
+    pub instance_id: ArcStr,
     /// IP literal or host name.
-    pub host: Arc<str>,
+    pub host: ArcStr,
     /// TCP port.
     pub port: u16,
     /// Availability zone ("" when not given).
     #[serde(default, skip_serializing_if = "str_is_empty")]
-    pub zone: Arc<str>,
+    pub zone: ArcStr,
     /// Region ("" when not given).
     #[serde(default, skip_serializing_if = "str_is_empty")]
-    pub region: Arc<str>,
+    pub region: ArcStr,
     /// Version ("" when not given).
     #[serde(default, skip_serializing_if = "str_is_empty")]
-    pub version: Arc<str>,
+    pub version: ArcStr,
     /// Relative weight; 0 = listed but never picked.
     pub weight: u32,
     /// Deployment group ("" when not given).
     #[serde(default, skip_serializing_if = "str_is_empty")]
-    pub deployment_group: Arc<str>,
+    pub deployment_group: ArcStr,
     /// Application protocol ("" when not given).
     #[serde(default, skip_serializing_if = "str_is_empty")]
-    pub protocol: Arc<str>,
+    pub protocol: ArcStr,
     /// Tags.
     #[serde(default, skip_serializing_if = "slice_is_empty")]
-    pub tags: Box<[Arc<str>]>,
+    pub tags: Box<[ArcStr]>,
     /// Metadata.
     #[serde(default, skip_serializing_if = "Metadata::is_empty")]
     pub metadata: Metadata,
@@ -417,10 +417,10 @@ pub struct InstanceSpec {
 ///
 /// A sorted boxed slice rather than a `BTreeMap`: a map's first node reserves room for eleven
 /// entries (about 550 bytes for `String` pairs), instances carry a handful, and every instance
-/// is kept in memory (the registry, the Raft log's tail). With one entry this takes 32 bytes;
+/// is kept in memory (the registry, the Raft log's tail). With one entry this takes 16 bytes;
 /// the registry shares the strings among instances.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Metadata(Box<[(Arc<str>, Arc<str>)]>);
+pub struct Metadata(Box<[(ArcStr, ArcStr)]>);
 
 impl Metadata {
     /// The value of `key`.
@@ -437,12 +437,12 @@ impl Metadata {
     }
 
     /// Entries in key order, as stored.
-    pub(crate) fn entries(&self) -> &[(Arc<str>, Arc<str>)] {
+    pub(crate) fn entries(&self) -> &[(ArcStr, ArcStr)] {
         &self.0
     }
 
     /// From entries already sorted by key, without repeats.
-    pub(crate) fn from_sorted(entries: Vec<(Arc<str>, Arc<str>)>) -> Self {
+    pub(crate) fn from_sorted(entries: Vec<(ArcStr, ArcStr)>) -> Self {
         debug_assert!(entries.windows(2).all(|w| w[0].0 < w[1].0));
         Metadata(entries.into_boxed_slice())
     }
@@ -462,7 +462,7 @@ impl From<BTreeMap<String, String>> for Metadata {
     fn from(map: BTreeMap<String, String>) -> Self {
         Metadata(
             map.into_iter()
-                .map(|(k, v)| (Arc::from(k), Arc::from(v)))
+                .map(|(k, v)| (ArcStr::from(k), ArcStr::from(v)))
                 .collect(),
         )
     }
@@ -497,7 +497,7 @@ pub struct Instance {
     /// Where it is in its lifecycle.
     pub status: Status,
     /// Why it is in that status.
-    pub status_reason: Arc<str>,
+    pub status_reason: ArcStr,
     /// Whether readiness was last reported (or checked) as passing.
     pub ready: bool,
     /// False once its liveness check failed (its lease is then given up: it expires unless
@@ -516,7 +516,7 @@ pub struct Instance {
     pub modify_index: u64,
 }
 
-fn str_is_empty(s: &Arc<str>) -> bool {
+fn str_is_empty(s: &ArcStr) -> bool {
     s.is_empty()
 }
 
@@ -695,7 +695,7 @@ impl RegisterRequest {
             weight,
             deployment_group: deployment_group.into(),
             protocol: protocol.into(),
-            tags: tags.into_iter().map(Arc::from).collect(),
+            tags: tags.into_iter().map(ArcStr::from).collect(),
             metadata: Metadata::from(metadata),
             check: check.map(Box::new),
             liveness_check: liveness_check.map(Box::new),

@@ -26,6 +26,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
+use arcstr::ArcStr;
 use serde::{Deserialize, Serialize};
 
 use crate::intern::Interner;
@@ -248,7 +249,7 @@ pub enum EventKind {
 struct ServiceState {
     modify_index: u64,
     /// Instance ids: the same allocations as the keys of `Registry::instances`.
-    instances: BTreeSet<Arc<str>>,
+    instances: BTreeSet<ArcStr>,
 }
 
 /// The whole registry: every live instance, by id and by service.
@@ -259,8 +260,8 @@ struct ServiceState {
 #[derive(Clone, Debug, Default)]
 pub struct Registry {
     index: u64,
-    instances: BTreeMap<Arc<str>, Arc<Instance>>,
-    services: BTreeMap<Arc<str>, ServiceState>,
+    instances: BTreeMap<ArcStr, Arc<Instance>>,
+    services: BTreeMap<ArcStr, ServiceState>,
     strings: Interner,
 }
 
@@ -279,7 +280,7 @@ impl Eq for Registry {}
 #[derive(Serialize, Deserialize)]
 struct SnapshotForm {
     index: u64,
-    services: BTreeMap<Arc<str>, u64>,
+    services: BTreeMap<ArcStr, u64>,
     instances: Vec<Arc<Instance>>,
 }
 

@@ -27,6 +27,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use arcstr::ArcStr;
 use futures_util::FutureExt;
 use muster_core::health::{FLAPPING, FlapPolicy, Probe, Tracker};
 use muster_core::{Check, CheckKind, Command, Event, EventKind, Instance, Registry};
@@ -79,13 +80,13 @@ impl Role {
 }
 
 /// An entry's key: the instance, and which of its checks.
-type Key = (Arc<str>, Role);
+type Key = (ArcStr, Role);
 
 struct Entry {
     /// Changes when the entry is replaced, so a result for the old one is ignored.
     generation: u64,
     check: Check,
-    host: Arc<str>,
+    host: ArcStr,
     port: u16,
     tracker: Tracker,
     /// Monotonic ms when the next probe is due (its key in the due queue while owned and no
@@ -212,7 +213,7 @@ impl Checker {
         let now = self.now();
         let mut state = self.lock();
         for ev in events {
-            let id = ev.instance.spec.instance_id.as_ref();
+            let id = ev.instance.spec.instance_id.as_str();
             match (ev.kind, registry.get(id)) {
                 (EventKind::Upsert, Some(inst)) => self.follow(&mut state, inst, now),
                 _ => forget(&mut state, id),
@@ -392,7 +393,7 @@ impl Checker {
     fn spawn_probe(
         &self,
         key: Key,
-        (check, host, port, due, generation): (Check, Arc<str>, u16, u64, u64),
+        (check, host, port, due, generation): (Check, ArcStr, u16, u64, u64),
         tx: &mpsc::UnboundedSender<Outcome>,
         permits: &Arc<Semaphore>,
     ) {
@@ -524,7 +525,7 @@ impl Checker {
 
 fn forget(state: &mut State, id: &str) {
     for role in Role::ALL {
-        forget_one(state, &(Arc::from(id), role));
+        forget_one(state, &(ArcStr::from(id), role));
     }
 }
 

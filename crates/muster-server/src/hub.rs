@@ -535,7 +535,7 @@ impl Hub {
         let mut by_service: BTreeMap<&str, Vec<&Event>> = BTreeMap::new();
         for ev in events {
             by_service
-                .entry(ev.instance.spec.service.as_ref())
+                .entry(ev.instance.spec.service.as_str())
                 .or_default()
                 .push(ev);
         }
@@ -557,9 +557,9 @@ impl Hub {
                     kind: ev.kind,
                     encoded: encoded.clone(),
                 });
-                let id = ev.instance.spec.instance_id.as_ref();
+                let id = ev.instance.spec.instance_id.as_str();
                 let pos =
-                    instances.binary_search_by(|e| e.instance.spec.instance_id.as_ref().cmp(id));
+                    instances.binary_search_by(|e| e.instance.spec.instance_id.as_str().cmp(id));
                 let fresh = || encoded.clone();
                 match (ev.kind, pos) {
                     (EventKind::Upsert, Ok(p)) => {

@@ -154,7 +154,7 @@ impl Leases {
             let current = |id: &str| {
                 registry
                     .get(id)
-                    .map(|i| (i.spec.service.as_ref(), i.spec.lease_ttl, i.modify_index))
+                    .map(|i| (i.spec.service.as_str(), i.spec.lease_ttl, i.modify_index))
             };
             for ev in events {
                 let id = &ev.instance.spec.instance_id;
@@ -170,7 +170,7 @@ impl Leases {
             }
             // Liveness last: a registration earlier in the batch restarts the lease, and must
             // not undo a failed liveness check applied after it.
-            for id in events.iter().map(|e| e.instance.spec.instance_id.as_ref()) {
+            for id in events.iter().map(|e| e.instance.spec.instance_id.as_str()) {
                 if let Some(inst) = registry.get(id)
                     && table.set_live(id, inst.live, now)
                 {

@@ -10,7 +10,7 @@ fn renew_moves_the_deadline_and_lapse_is_final() {
     t.track(&"a".into(), "s", 1_000, 1, 0);
     assert_eq!(t.renew("a", 500), Ok(1_500));
     assert!(t.lapsed(1_499, 10, &none()).is_empty());
-    assert_eq!(t.lapsed(1_500, 10, &none()), vec![(Arc::from("a"), 1)]);
+    assert_eq!(t.lapsed(1_500, 10, &none()), vec![(ArcStr::from("a"), 1)]);
     assert_eq!(t.renew("a", 1_500), Err(RenewError::Lapsed));
     assert_eq!(t.renew("b", 0), Err(RenewError::Unknown));
     t.untrack("a");
@@ -22,7 +22,7 @@ fn renew_moves_the_deadline_and_lapse_is_final() {
 fn lapsed_is_ordered_and_bounded() {
     let mut t = LeaseTable::new();
     for (i, id) in ["c", "a", "b"].iter().enumerate() {
-        t.track(&Arc::from(*id), "s", 100 + i as u64, i as u64, 0);
+        t.track(&ArcStr::from(*id), "s", 100 + i as u64, i as u64, 0);
     }
     let ids: Vec<_> = t
         .lapsed(1_000, 2, &none())
@@ -50,7 +50,7 @@ fn reconcile_follows_the_registry() {
     t.track(&"a".into(), "s", 1_000, 1, 0);
     // A change that is not a registration keeps the deadline and takes the new index.
     t.reconcile(&"a".into(), Some(("s", 1_000, 9)), false, 500);
-    assert_eq!(t.lapsed(1_000, 1, &none()), vec![(Arc::from("a"), 9)]);
+    assert_eq!(t.lapsed(1_000, 1, &none()), vec![(ArcStr::from("a"), 9)]);
     // A shorter TTL pulls the deadline in; a longer one does not push it out.
     t.reconcile(&"a".into(), Some(("s", 200, 9)), false, 500);
     assert_eq!(t.info("a").map(|i| i.deadline), Some(700));
@@ -180,7 +180,7 @@ fn one_service_can_be_held_while_the_rest_expires() {
 fn releases_some_sees_any_service_let_go() {
     let held = |registry: bool, services: &[&str]| Assessment {
         registry_held: registry,
-        held_services: services.iter().map(|s| Arc::from(*s)).collect(),
+        held_services: services.iter().map(|s| ArcStr::from(*s)).collect(),
         ..Assessment::default()
     };
     assert!(held(false, &["a", "b"]).releases_some(&held(false, &["b"])));
@@ -198,7 +198,7 @@ fn a_dead_instance_is_at_risk_at_once_refuses_renewals_and_lapses_half_a_ttl_lat
     assert!(t.set_live("a", false, 1_000), "condemned by the call");
     assert!(!t.set_live("a", false, 1_100), "only once");
     assert!(t.lapsed(5_999, 10, &none()).is_empty());
-    assert_eq!(t.lapsed(6_000, 10, &none()), vec![(Arc::from("a"), 1)]);
+    assert_eq!(t.lapsed(6_000, 10, &none()), vec![(ArcStr::from("a"), 1)]);
     assert_eq!(t.renew("a", 1_000), Err(RenewError::Lapsed));
     assert_eq!(
         t.renew_held("a", 1_000),
@@ -210,7 +210,7 @@ fn a_dead_instance_is_at_risk_at_once_refuses_renewals_and_lapses_half_a_ttl_lat
     t.reconcile(&"a".into(), Some(("s", 10_000, 5)), false, 1_200);
     t.arm_all(2_000);
     assert_eq!(t.rearm_held(2_000, |_| true), 0);
-    assert_eq!(t.lapsed(6_000, 10, &none()), vec![(Arc::from("a"), 5)]);
+    assert_eq!(t.lapsed(6_000, 10, &none()), vec![(ArcStr::from("a"), 5)]);
     let a = t.assess(
         1_000,
         &ProtectionConfig {

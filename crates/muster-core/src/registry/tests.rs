@@ -657,13 +657,13 @@ fn repeated_strings_are_stored_once_and_ids_are_not_copied() {
             (&a.spec.zone, &b.spec.zone),
             (&a.status_reason, &b.status_reason),
         ] {
-            assert!(Arc::ptr_eq(x, y), "{x:?} is stored twice");
+            assert!(ArcStr::ptr_eq(x, y), "{x:?} is stored twice");
         }
         // The registry's keys are the instances' own ids.
         let (key, inst) = reg.instances.get_key_value("p1").unwrap();
-        assert!(Arc::ptr_eq(key, &inst.spec.instance_id));
+        assert!(ArcStr::ptr_eq(key, &inst.spec.instance_id));
         let in_service = reg.services["pay"].instances.get("p1").unwrap();
-        assert!(Arc::ptr_eq(in_service, key));
+        assert!(ArcStr::ptr_eq(in_service, key));
     };
     shared(&h.reg);
     shared(&Registry::restore(&h.reg.snapshot()).unwrap());

@@ -320,3 +320,36 @@ fn metadata_is_a_sorted_json_object() {
         .collect();
     assert_eq!(collected.iter().next(), Some(("x", "2")));
 }
+
+#[test]
+fn empty_optional_fields_are_left_out_and_read_back_as_their_defaults() {
+    let (spec, _) = req(r#"{"service":"a","instanceId":"x","host":"h","port":1}"#)
+        .validate()
+        .unwrap();
+    let json = serde_json::to_value(&spec).unwrap();
+    for field in [
+        "zone",
+        "region",
+        "version",
+        "deploymentGroup",
+        "protocol",
+        "tags",
+        "metadata",
+        "check",
+        "livenessCheck",
+    ] {
+        assert!(json.get(field).is_none(), "{field} in {json}");
+    }
+    // What an earlier version wrote (log entries, snapshots, answers held by clients) has the
+    // empty fields spelled out: it reads as the same spec.
+    let earlier = serde_json::json!({
+        "service": "a", "instanceId": "x", "host": "h", "port": 1, "zone": "", "region": "",
+        "version": "", "weight": 100, "deploymentGroup": "", "protocol": "", "tags": [],
+        "metadata": {}, "leaseTtl": "30s"
+    });
+    assert_eq!(
+        serde_json::from_value::<InstanceSpec>(earlier).unwrap(),
+        spec
+    );
+    assert_eq!(serde_json::from_value::<InstanceSpec>(json).unwrap(), spec);
+}

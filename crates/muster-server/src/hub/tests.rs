@@ -25,6 +25,16 @@ impl World {
         }
         self.hub.applied(&self.reg, &events);
     }
+
+    /// Service `a` with healthy `a1` and `a2` in zone `z1`.
+    fn two_healthy_in_a() -> Self {
+        let mut w = World::new(16);
+        w.apply(&[
+            register("a", "a1", "z1", true),
+            register("a", "a2", "z1", true),
+        ]);
+        w
+    }
 }
 
 fn register(service: &str, id: &str, zone: &str, healthy: bool) -> Command {
@@ -93,11 +103,7 @@ fn pre_encoded_bodies_equal_what_serde_would_write() {
 
 #[test]
 fn unchanged_instances_are_not_encoded_again() {
-    let mut w = World::new(16);
-    w.apply(&[
-        register("a", "a1", "z1", true),
-        register("a", "a2", "z1", true),
-    ]);
+    let mut w = World::two_healthy_in_a();
     let before = w.hub.slot("a").unwrap().view();
     // Nobody read or watched the service: nothing was encoded.
     assert!(before.instances.iter().all(|e| !e.is_encoded()));
@@ -120,11 +126,7 @@ fn unchanged_instances_are_not_encoded_again() {
 
 #[test]
 fn a_read_service_holds_its_json_once() {
-    let mut w = World::new(16);
-    w.apply(&[
-        register("a", "a1", "z1", true),
-        register("a", "a2", "z1", true),
-    ]);
+    let mut w = World::two_healthy_in_a();
     let inside = |body: &[u8], json: &[u8]| {
         let range = body.as_ptr_range();
         range.contains(&json.as_ptr()) && json.len() < body.len()
@@ -465,11 +467,7 @@ fn frames_shared_with_watchers_equal_frames_assembled_later() {
 
 #[test]
 fn a_late_answer_of_an_old_view_pins_nothing() {
-    let mut w = World::new(16);
-    w.apply(&[
-        register("a", "a1", "z1", true),
-        register("a", "a2", "z1", true),
-    ]);
+    let mut w = World::two_healthy_in_a();
     let inside = |body: &[u8], json: &[u8]| body.as_ptr_range().contains(&json.as_ptr());
     // A reader took the view, then a change replaced it before that reader built its answer.
     let v1 = w.hub.slot("a").unwrap().view();

@@ -547,7 +547,10 @@ impl Hub {
                 None => self.slot_in(&mut self.write_slots(), service),
             };
             let old = slot.view();
-            let mut instances = old.instances.clone();
+            // Room for this batch's new instances: inserting never doubles the allocation
+            // (every view is kept, and a doubled one would hold up to twice the pointers).
+            let mut instances = Vec::with_capacity(old.instances.len() + evs.len());
+            instances.extend_from_slice(&old.instances);
             let mut statuses = old.statuses;
             let mut kept = Vec::with_capacity(evs.len());
             for ev in evs {

@@ -519,12 +519,19 @@ impl Renewer for EtcdRenewer {
             self.responses = Some(stream);
         }
         let responses = self.responses.as_mut().context("keepalive stream lost")?;
+        // etcd answers a stream's keepalives in order: each answer must name the lease asked
+        // for in its place (a round that failed midway would otherwise misalign the next).
         let mut ok = 0;
-        for _ in 0..leases.len() {
+        for &id in leases {
             let resp = responses
                 .message()
                 .await?
                 .context("keepalive stream ended")?;
+            anyhow::ensure!(
+                resp.id == id,
+                "keepalive answer for lease {}, expected lease {id}",
+                resp.id
+            );
             ok += usize::from(resp.ttl > 0);
         }
         sender.await?;

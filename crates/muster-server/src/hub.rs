@@ -32,112 +32,50 @@ use tokio::sync::watch;
 /// Most empty services (all instances gone) kept for their history and waiters.
 const MAX_EMPTY_SLOTS: usize = 4096;
 
-/// One version of an instance, shared by the service's view and its history, with its JSON:
-/// encoded the first time a reader or a watcher needs it, then kept while this version is in
-/// the view. A service that nobody reads or watches holds no JSON at all; one that is read
-/// holds it once: when the view's cached answer is built, each instance's JSON becomes a slice
-/// of that answer instead of a second copy.
-pub struct Encoded {
-    /// The instance.
-    pub instance: Arc<Instance>,
-    json: Mutex<Json>,
-}
-
-/// Where an [`Encoded`]'s JSON is.
-struct Json {
-    /// `None` until needed (and again once retired).
-    bytes: Option<Bytes>,
-    /// [`SHARED_NOT`], the index of the view whose cached answer `bytes` is a slice of, or
-    /// [`RETIRED`].
-    shared_in: u64,
-}
-
-/// The JSON is its own allocation (or not encoded yet).
-const SHARED_NOT: u64 = 0;
-/// The version left the view: its JSON is encoded on demand and not kept, and no answer may
-/// share into it (a late build of an older view's answer would otherwise pin that whole
-/// answer from the watch history).
-const RETIRED: u64 = u64::MAX;
-
-impl Encoded {
-    fn new(instance: &Arc<Instance>) -> Arc<Encoded> {
-        Arc::new(Encoded {
-            instance: instance.clone(),
-            json: Mutex::new(Json {
-                bytes: None,
-                shared_in: SHARED_NOT,
-            }),
-        })
-    }
-
-    fn slot(&self) -> std::sync::MutexGuard<'_, Json> {
-        self.json.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// The instance's JSON, encoded on first use (exactly sized).
-    pub fn json(&self) -> Bytes {
-        let mut slot = self.slot();
-        if let Some(json) = &slot.bytes {
-            return json.clone();
-        }
-        let json = SCRATCH.with_borrow_mut(|scratch| {
-            scratch.clear();
-            // An Instance holds only strings, numbers and maps with string keys: encoding
-            // cannot fail.
-            if serde_json::to_writer(&mut *scratch, &*self.instance).is_err() {
-                scratch.clear();
-            }
-            Bytes::from(scratch.to_vec())
-        });
-        if slot.shared_in != RETIRED {
-            slot.bytes = Some(json.clone());
-        }
-        json
-    }
-
-    /// Keeps `same` (equal bytes inside the cached answer of the view at `view_index`) instead
-    /// of its own copy, unless it is retired or already shares a newer view's answer.
-    fn share(&self, same: Bytes, view_index: u64) {
-        let mut slot = self.slot();
-        if slot.shared_in != RETIRED && slot.shared_in <= view_index {
-            slot.bytes = Some(same);
-            slot.shared_in = view_index;
-        }
-    }
-
-    /// This version left the view: its JSON may be a slice of a cached answer, which it would
-    /// keep alive from the history. Dropped for good; encoded again each time a resuming
-    /// watcher needs it.
-    fn retire(&self) {
-        let mut slot = self.slot();
-        slot.bytes = None;
-        slot.shared_in = RETIRED;
-    }
-
-    /// Whether the JSON is held now.
-    #[cfg(test)]
-    pub(crate) fn is_encoded(&self) -> bool {
-        self.slot().bytes.is_some()
-    }
-}
-
 thread_local! {
     /// Where instances are encoded before their JSON is copied into an allocation of its size.
     static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// One service's instances, encoded once.
+/// An instance's JSON, exactly sized.
+fn encode(inst: &Instance) -> Bytes {
+    SCRATCH.with_borrow_mut(|scratch| {
+        scratch.clear();
+        // An Instance holds only strings, numbers and maps with string keys: encoding cannot
+        // fail.
+        if serde_json::to_writer(&mut *scratch, inst).is_err() {
+            scratch.clear();
+        }
+        Bytes::from(scratch.to_vec())
+    })
+}
+
+/// One service's instances, encoded the first time the view is read or watched, once per
+/// change. A service that nobody reads or watches holds no JSON at all; one that is read holds
+/// each instance's JSON once: inside its cached answer (or beside it, for the instances the
+/// answer leaves out).
 pub struct ServiceView {
     /// Service name.
     pub service: Arc<str>,
     /// The service's modify index.
     pub index: u64,
     /// Every instance (any status), ordered by id.
-    pub instances: Vec<Arc<Encoded>>,
+    pub instances: Vec<Arc<Instance>>,
     /// Instances by status, indexed like [`Status::ALL`].
     pub statuses: [u64; 6],
-    healthy_body: OnceLock<Bytes>,
+    /// The JSON, by position, of the instances that did not change since the previous view,
+    /// when that view had been encoded (empty otherwise); taken by this view's encoding, so an
+    /// unchanged instance is never encoded again.
+    carried: Mutex<Vec<Option<Bytes>>>,
+    encoded: OnceLock<Encoded>,
     snapshot_frame: OnceLock<Bytes>,
+}
+
+/// A view's JSON: the default answer (its HEALTHY instances) and each instance's JSON (a slice
+/// of that answer for those in it).
+struct Encoded {
+    healthy_body: Bytes,
+    json: Vec<Bytes>,
 }
 
 fn status_slot(s: Status) -> usize {
@@ -145,75 +83,97 @@ fn status_slot(s: Status) -> usize {
 }
 
 impl ServiceView {
-    fn new(service: Arc<str>, index: u64, instances: Vec<Arc<Encoded>>) -> Self {
+    fn new(service: Arc<str>, index: u64, instances: Vec<Arc<Instance>>) -> Self {
         let mut statuses = [0; 6];
-        for e in &instances {
-            statuses[status_slot(e.instance.status)] += 1;
+        for i in &instances {
+            statuses[status_slot(i.status)] += 1;
         }
-        Self::with_counts(service, index, instances, statuses)
+        Self::with_counts(service, index, instances, statuses, Vec::new())
     }
 
     fn with_counts(
         service: Arc<str>,
         index: u64,
-        instances: Vec<Arc<Encoded>>,
+        instances: Vec<Arc<Instance>>,
         statuses: [u64; 6],
+        carried: Vec<Option<Bytes>>,
     ) -> Self {
         ServiceView {
             service,
             index,
             instances,
             statuses,
-            healthy_body: OnceLock::new(),
+            carried: Mutex::new(carried),
+            encoded: OnceLock::new(),
             snapshot_frame: OnceLock::new(),
         }
     }
 
-    /// `{"service":..,"index":..,"instances":[..]}` of the HEALTHY instances: the default lookup,
-    /// built at most once per change.
-    pub fn healthy_body(&self) -> Bytes {
-        self.healthy_body
-            .get_or_init(|| self.build(|i| i.status == Status::Healthy, true))
-            .clone()
+    /// The JSON of every instance and the default answer, built on first use: carried JSON
+    /// is reused, the rest encoded; the answer is assembled from them and then holds them.
+    fn encoded(&self) -> &Encoded {
+        self.encoded.get_or_init(|| {
+            let carried =
+                std::mem::take(&mut *self.carried.lock().unwrap_or_else(|p| p.into_inner()));
+            let mut json: Vec<Bytes> = self
+                .instances
+                .iter()
+                .enumerate()
+                .map(|(k, inst)| match carried.get(k) {
+                    Some(Some(same)) => same.clone(),
+                    _ => encode(inst),
+                })
+                .collect();
+            drop(carried);
+            let healthy = |k: &usize| self.instances[*k].status == Status::Healthy;
+            let kept: Vec<usize> = (0..json.len()).filter(healthy).collect();
+            let (healthy_body, ranges) = self.assemble(kept.iter().map(|&k| &json[k]));
+            for (k, range) in kept.into_iter().zip(ranges) {
+                json[k] = healthy_body.slice(range);
+            }
+            Encoded { healthy_body, json }
+        })
     }
 
-    /// The lookup body of the instances `keep` accepts.
-    pub fn body(&self, keep: impl Fn(&Instance) -> bool) -> Bytes {
-        self.build(keep, false)
-    }
-
-    /// A lookup body; with `share`, the instances' JSON becomes slices of it (for the body the
-    /// view keeps, so that a read service holds its JSON once).
-    fn build(&self, keep: impl Fn(&Instance) -> bool, share: bool) -> Bytes {
-        let parts: Vec<(&Arc<Encoded>, Bytes)> = self
-            .instances
-            .iter()
-            .filter(|e| keep(&e.instance))
-            .map(|e| (e, e.json()))
-            .collect();
-        let mut out = BytesMut::with_capacity(
-            64 + self.service.len() + parts.iter().map(|(_, j)| j.len() + 1).sum::<usize>(),
-        );
+    /// `{"service":..,"index":..,"instances":[..]}` of `parts`, and where each part lies in it.
+    fn assemble<'a>(
+        &self,
+        parts: impl Iterator<Item = &'a Bytes> + Clone,
+    ) -> (Bytes, Vec<std::ops::Range<usize>>) {
+        let len: usize = parts.clone().map(|j| j.len() + 1).sum();
+        let mut out = BytesMut::with_capacity(64 + self.service.len() + len);
         out.put_slice(b"{\"service\":");
         put_json_str(&mut out, &self.service);
         out.put_slice(format!(",\"index\":{},\"instances\":[", self.index).as_bytes());
-        let mut ranges = Vec::with_capacity(if share { parts.len() } else { 0 });
-        for (i, (_, json)) in parts.iter().enumerate() {
+        let mut ranges = Vec::new();
+        for (i, json) in parts.enumerate() {
             if i > 0 {
                 out.put_u8(b',');
             }
             let start = out.len();
             out.put_slice(json);
-            if share {
-                ranges.push(start..out.len());
-            }
+            ranges.push(start..out.len());
         }
         out.put_slice(b"]}");
-        let body = out.freeze();
-        for ((e, _), range) in parts.iter().zip(ranges) {
-            e.share(body.slice(range), self.index);
-        }
-        body
+        (out.freeze(), ranges)
+    }
+
+    /// `{"service":..,"index":..,"instances":[..]}` of the HEALTHY instances: the default lookup,
+    /// built at most once per change.
+    pub fn healthy_body(&self) -> Bytes {
+        self.encoded().healthy_body.clone()
+    }
+
+    /// The lookup body of the instances `keep` accepts.
+    pub fn body(&self, keep: impl Fn(&Instance) -> bool) -> Bytes {
+        let encoded = self.encoded();
+        let parts = self
+            .instances
+            .iter()
+            .zip(&encoded.json)
+            .filter(|(i, _)| keep(i))
+            .map(|(_, j)| j);
+        self.assemble(parts).0
     }
 
     /// The SSE `snapshot` frame: every instance, any status.
@@ -224,11 +184,11 @@ impl ServiceView {
                 data.put_slice(b"{\"type\":\"snapshot\",\"service\":");
                 put_json_str(&mut data, &self.service);
                 data.put_slice(format!(",\"index\":{},\"instances\":[", self.index).as_bytes());
-                for (i, e) in self.instances.iter().enumerate() {
+                for (i, json) in self.encoded().json.iter().enumerate() {
                     if i > 0 {
                         data.put_u8(b',');
                     }
-                    data.put_slice(&e.json());
+                    data.put_slice(json);
                 }
                 data.put_slice(b"]}");
                 sse_frame("snapshot", self.index, &data)
@@ -239,10 +199,25 @@ impl ServiceView {
     /// Instances by zone (`""` for none); computed on demand.
     pub fn zones(&self) -> BTreeMap<String, u64> {
         let mut zones = BTreeMap::new();
-        for e in &self.instances {
-            *zones.entry(e.instance.spec.zone.to_string()).or_insert(0) += 1;
+        for i in &self.instances {
+            *zones.entry(i.spec.zone.to_string()).or_insert(0) += 1;
         }
         zones
+    }
+
+    /// The JSON of the instance at `k`, if the view was encoded.
+    #[cfg(test)]
+    pub(crate) fn json_at(&self, k: usize) -> Option<Bytes> {
+        self.encoded.get().map(|e| e.json[k].clone())
+    }
+
+    /// What the view carries over from the previous one (until it is encoded).
+    #[cfg(test)]
+    pub(crate) fn carried_json(&self) -> Vec<Option<Bytes>> {
+        self.carried
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 }
 
@@ -264,13 +239,13 @@ pub(crate) fn sse_frame(event: &str, index: u64, data: &[u8]) -> Bytes {
     out.freeze()
 }
 
-/// One event kept for watchers. Its frame is assembled when it is sent: the encoded instance is
-/// the one the service view holds (for an upsert), so history costs a few words per event rather
-/// than a second copy of the instance.
+/// One event kept for watchers: the instance as the event left it (shared with the registry
+/// and the views), so history costs a few words per event. Its frame is encoded when it is
+/// sent, or once per batch for the watchers a service has at the time (`History::recent`).
 struct Kept {
     index: u64,
     kind: EventKind,
-    encoded: Arc<Encoded>,
+    instance: Arc<Instance>,
 }
 
 #[derive(Default)]
@@ -317,7 +292,7 @@ impl Slot {
         // can share an index, so they are matched by position).
         let first_recent = history.events.len() - history.recent.len();
         /// A frame ready to share, or what to assemble one from.
-        type Wanted = Result<(u64, Bytes), (u64, EventKind, Arc<Encoded>)>;
+        type Wanted = Result<(u64, Bytes), (u64, EventKind, Arc<Instance>)>;
         let wanted: Vec<Wanted> = history
             .events
             .range(start..)
@@ -325,7 +300,7 @@ impl Slot {
             .enumerate()
             .map(|(k, e)| match (start + k).checked_sub(first_recent) {
                 Some(r) => Ok((e.index, history.recent[r].clone())),
-                None => Err((e.index, e.kind, e.encoded.clone())),
+                None => Err((e.index, e.kind, e.instance.clone())),
             })
             .collect();
         drop(history);
@@ -334,8 +309,8 @@ impl Slot {
             wanted
                 .into_iter()
                 .map(|w| {
-                    w.unwrap_or_else(|(index, kind, e)| {
-                        (index, event_frame(&service, kind, index, &e.json()))
+                    w.unwrap_or_else(|(index, kind, i)| {
+                        (index, event_frame(&service, kind, index, &encode(&i)))
                     })
                 })
                 .collect(),
@@ -552,32 +527,48 @@ impl Hub {
             let mut instances = Vec::with_capacity(old.instances.len() + evs.len());
             instances.extend_from_slice(&old.instances);
             let mut statuses = old.statuses;
+            // The JSON of the old view, to carry over for what this batch leaves unchanged:
+            // encoded if the old view was read, or what it carried itself if it was not.
+            let mut carried: Vec<Option<Bytes>> = match old.encoded.get() {
+                Some(e) => e.json.iter().cloned().map(Some).collect(),
+                None => old
+                    .carried
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .clone(),
+            };
+            let carry = !carried.is_empty();
             let mut kept = Vec::with_capacity(evs.len());
             for ev in evs {
-                let encoded = Encoded::new(&ev.instance);
                 kept.push(Kept {
                     index: ev.index,
                     kind: ev.kind,
-                    encoded: encoded.clone(),
+                    instance: ev.instance.clone(),
                 });
                 let id = ev.instance.spec.instance_id.as_str();
-                let pos =
-                    instances.binary_search_by(|e| e.instance.spec.instance_id.as_str().cmp(id));
-                let fresh = || encoded.clone();
+                let pos = instances.binary_search_by(|i| i.spec.instance_id.as_str().cmp(id));
                 match (ev.kind, pos) {
                     (EventKind::Upsert, Ok(p)) => {
-                        statuses[status_slot(instances[p].instance.status)] -= 1;
+                        statuses[status_slot(instances[p].status)] -= 1;
                         statuses[status_slot(ev.instance.status)] += 1;
-                        instances[p].retire();
-                        instances[p] = fresh();
+                        instances[p] = ev.instance.clone();
+                        if carry {
+                            carried[p] = None;
+                        }
                     }
                     (EventKind::Upsert, Err(p)) => {
                         statuses[status_slot(ev.instance.status)] += 1;
-                        instances.insert(p, fresh());
+                        instances.insert(p, ev.instance.clone());
+                        if carry {
+                            carried.insert(p, None);
+                        }
                     }
                     (EventKind::Delete, Ok(p)) => {
-                        statuses[status_slot(instances[p].instance.status)] -= 1;
-                        instances.remove(p).retire();
+                        statuses[status_slot(instances[p].status)] -= 1;
+                        instances.remove(p);
+                        if carry {
+                            carried.remove(p);
+                        }
                     }
                     (EventKind::Delete, Err(_)) => {}
                 }
@@ -589,7 +580,7 @@ impl Hub {
                 if slot.index.receiver_count() > 0 && kept.len() <= self.history_len {
                     history.recent = kept
                         .iter()
-                        .map(|e| event_frame(service, e.kind, e.index, &e.encoded.json()))
+                        .map(|e| event_frame(service, e.kind, e.index, &encode(&e.instance)))
                         .collect();
                 }
                 history.events.extend(kept);
@@ -609,6 +600,7 @@ impl Hub {
                 index,
                 instances,
                 statuses,
+                carried,
             ));
             slot.view.store(view.clone());
             notify.push((slot, index));
@@ -631,7 +623,7 @@ impl Hub {
         }
         let mut empty = 0;
         for (name, slot) in slots.iter() {
-            let instances: Vec<_> = registry.service_instances(name).map(Encoded::new).collect();
+            let instances: Vec<_> = registry.service_instances(name).cloned().collect();
             empty += usize::from(instances.is_empty());
             let svc_index = registry.service_index(name).unwrap_or(index);
             *slot.history.lock().unwrap_or_else(|p| p.into_inner()) = History {

@@ -106,22 +106,28 @@ fn unchanged_instances_are_not_encoded_again() {
     let mut w = World::two_healthy_in_a();
     let before = w.hub.slot("a").unwrap().view();
     // Nobody read or watched the service: nothing was encoded.
-    assert!(before.instances.iter().all(|e| !e.is_encoded()));
+    assert!(before.json_at(0).is_none());
     before.healthy_body();
-    assert!(before.instances.iter().all(|e| e.is_encoded()));
     w.apply(&[register("a", "a3", "z1", true)]);
     let after = w.hub.slot("a").unwrap().view();
-    // The same bytes (same allocation), not an equal copy; only the new one is to encode.
+    // The new view carries the bytes the old one encoded (the same allocation, not an equal
+    // copy) for the instances that did not change; only the new one is to encode.
+    let carried = after.carried_json();
+    assert_eq!(carried.len(), 3);
+    for (k, c) in carried.iter().take(2).enumerate() {
+        assert_eq!(
+            c.as_ref().map(|b| b.as_ptr()),
+            before.json_at(k).map(|b| b.as_ptr())
+        );
+    }
+    assert!(carried[2].is_none());
+    // Unread views pass what they carry on.
+    w.apply(&[register("a", "a4", "z1", true)]);
+    let next = w.hub.slot("a").unwrap().view();
     assert_eq!(
-        before.instances[0].json().as_ptr(),
-        after.instances[0].json().as_ptr()
+        next.carried_json().iter().filter(|c| c.is_some()).count(),
+        2
     );
-    assert_eq!(
-        before.instances[1].json().as_ptr(),
-        after.instances[1].json().as_ptr()
-    );
-    assert_eq!(after.instances.len(), 3);
-    assert!(!after.instances[2].is_encoded());
 }
 
 #[test]
@@ -133,26 +139,26 @@ fn a_read_service_holds_its_json_once() {
     };
     let v1 = w.hub.slot("a").unwrap().view();
     let body1 = v1.healthy_body();
-    for e in &v1.instances {
-        assert!(inside(&body1, &e.json()), "the JSON is a second copy");
-    }
-    // a2 changes: its old version leaves the view and lets go of the old answer; the next
-    // answer takes over the JSON of the instance that stayed.
-    w.apply(&[register("a", "a2", "z2", true)]);
-    let old_a2 = v1.instances[1].clone();
-    assert!(!old_a2.is_encoded());
-    let v2 = w.hub.slot("a").unwrap().view();
-    assert!(inside(&body1, &v2.instances[0].json()));
-    let body2 = v2.healthy_body();
-    for e in &v2.instances {
+    for k in 0..2 {
         assert!(
-            inside(&body2, &e.json()),
+            inside(&body1, &v1.json_at(k).unwrap()),
+            "the JSON is a second copy"
+        );
+    }
+    // a2 changes: the next answer takes over the JSON of the instance that stayed, and holds
+    // it once too.
+    w.apply(&[register("a", "a2", "z2", true)]);
+    let v2 = w.hub.slot("a").unwrap().view();
+    let body2 = v2.healthy_body();
+    for k in 0..2 {
+        assert!(
+            inside(&body2, &v2.json_at(k).unwrap()),
             "the JSON is not the new answer's"
         );
     }
     // A filtered answer is built per request and shares nothing.
     let z2 = v2.body(|i| &*i.spec.zone == "z2");
-    assert!(!inside(&z2, &v2.instances[1].json()));
+    assert!(!inside(&z2, &v2.json_at(1).unwrap()));
     // The history still answers a resuming watcher (the old version encoded again).
     let frames = match w.hub.slot("a").unwrap().since(0, u64::MAX, 0) {
         Since::Events(f) => f,
@@ -390,7 +396,7 @@ mod incremental {
                     let got: Vec<Instance> = w
                         .hub
                         .slot(service)
-                        .map(|s| s.view().instances.iter().map(|e| Instance::clone(&e.instance)).collect())
+                        .map(|s| s.view().instances.iter().map(|i| Instance::clone(i)).collect())
                         .unwrap_or_default();
                     prop_assert_eq!(&got, &expected);
                     if let Some(slot) = w.hub.slot(service) {
@@ -400,9 +406,10 @@ mod incremental {
                             counts[Status::ALL.iter().position(|s| *s == i.status).unwrap()] += 1;
                         }
                         prop_assert_eq!(view.statuses, counts);
-                        for e in &view.instances {
-                            let encoded = serde_json::to_vec(&*e.instance).unwrap();
-                            prop_assert_eq!(e.json(), encoded.as_slice());
+                        view.healthy_body();
+                        for (k, i) in view.instances.iter().enumerate() {
+                            let encoded = serde_json::to_vec(&**i).unwrap();
+                            prop_assert_eq!(view.json_at(k).unwrap(), encoded.as_slice());
                         }
                     }
                 }
@@ -476,9 +483,11 @@ fn a_late_answer_of_an_old_view_pins_nothing() {
     let body2 = v2.healthy_body();
     let body1 = v1.healthy_body();
     assert_ne!(body1, body2);
-    // The version that left keeps no JSON (the history holds it: it would pin body1) ...
-    assert!(!v1.instances[1].is_encoded());
-    // ... and the instance that stayed keeps pointing into the newer answer.
-    assert!(inside(&body2, &v2.instances[0].json()));
-    assert!(!inside(&body1, &v2.instances[0].json()));
+    // The late answer is the old view's alone: the newer view keeps pointing into its own.
+    assert!(inside(&body2, &v2.json_at(0).unwrap()));
+    assert!(!inside(&body1, &v2.json_at(0).unwrap()));
+    // The history keeps instances, not JSON: dropping the old view frees its answer.
+    let weak = std::sync::Arc::downgrade(&v1);
+    drop(v1);
+    assert!(weak.upgrade().is_none());
 }

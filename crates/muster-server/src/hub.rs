@@ -1,11 +1,13 @@
-//! What lookups, blocking queries and watches read: one encoded view per service, rebuilt once
-//! per change and shared by every reader, plus each service's recent events.
+//! What lookups, blocking queries and watches read: one view per service, replaced once per
+//! change, encoded once when first read and shared by every reader, plus each service's recent
+//! events.
 //!
 //! ```text
-//!   apply batch ──▶ Hub::applied ──▶ per touched service: encode changed instances once,
-//!                                     swap in a new ServiceView (ArcSwap), append SSE frames
-//!                                     to its history, bump its index (watch channel)
-//!   GET /v1/services/x ──▶ slot(x).view.load() ──▶ pre-encoded bytes, no serialization
+//!   apply batch ──▶ Hub::applied ──▶ per touched service: swap in a new ServiceView (ArcSwap)
+//!                                     carrying the old one's JSON for what did not change,
+//!                                     append the events to its history (their frames at once
+//!                                     if it has watchers), bump its index (watch channel)
+//!   GET /v1/services/x ──▶ slot(x).view.load() ──▶ its answer, encoded on the first read
 //!   blocking query / SSE ──▶ slot(x).index.subscribe() ──▶ woken only by changes to x
 //! ```
 //!

@@ -506,7 +506,8 @@ impl Hub {
     ///
     /// Views are updated from the batch's events alone (each event carries the instance after
     /// the change), so the cost is the events plus one copy of the touched service's entry
-    /// list, never a walk of the registry. Waiters are woken only after every view and frame of
+    /// list (and of its JSON handles, when the old view was read), never a walk of the
+    /// registry. Waiters are woken only after every view and frame of
     /// the batch is in place and the registry index is published.
     pub fn applied(&self, registry: &Registry, events: &[Event]) -> Vec<Arc<ServiceView>> {
         let mut by_service: BTreeMap<&str, Vec<&Event>> = BTreeMap::new();
@@ -530,14 +531,11 @@ impl Hub {
             instances.extend_from_slice(&old.instances);
             let mut statuses = old.statuses;
             // The JSON of the old view, to carry over for what this batch leaves unchanged:
-            // encoded if the old view was read, or what it carried itself if it was not.
+            // encoded if the old view was read, or what it carried itself if it was not (taken:
+            // the old view is no longer current, and a late reader of it encodes afresh).
             let mut carried: Vec<Option<Bytes>> = match old.encoded.get() {
                 Some(e) => e.json.iter().cloned().map(Some).collect(),
-                None => old
-                    .carried
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .clone(),
+                None => std::mem::take(&mut *old.carried.lock().unwrap_or_else(|p| p.into_inner())),
             };
             let carry = !carried.is_empty();
             let mut kept = Vec::with_capacity(evs.len());

@@ -57,6 +57,13 @@ pub(crate) trait Driver: Clone + Send + Sync + 'static {
     /// Reads a service's instances; answers how many came back.
     fn lookup(&self, service: &str) -> impl Future<Output = anyhow::Result<usize>> + Send;
 
+    /// The same client with its lookups over a second API on `connections` connections, if
+    /// the system has one (Muster: gRPC besides HTTP).
+    fn other_lookups(
+        &self,
+        connections: usize,
+    ) -> impl Future<Output = anyhow::Result<Option<Self>>> + Send;
+
     /// Opens a renewal channel.
     fn renewer(&self) -> impl Future<Output = anyhow::Result<Self::Renewer>> + Send;
 
@@ -97,6 +104,26 @@ struct Endpoint {
     weight: u32,
 }
 
+/// [`Endpoint`] in the gRPC API's `Instance` message.
+#[derive(Clone, PartialEq, prost::Message)]
+struct GrpcEndpoint {
+    #[prost(string, tag = "2")]
+    instance_id: String,
+    #[prost(string, tag = "3")]
+    host: String,
+    #[prost(uint32, tag = "4")]
+    port: u32,
+    #[prost(uint32, tag = "8")]
+    weight: u32,
+}
+
+/// A `ListResponse`, decoded into endpoints.
+#[derive(Clone, PartialEq, prost::Message)]
+struct EndpointList {
+    #[prost(message, repeated, tag = "3")]
+    instances: Vec<GrpcEndpoint>,
+}
+
 #[derive(serde::Deserialize)]
 struct ServiceAnswer {
     instances: Vec<Endpoint>,
@@ -112,6 +139,82 @@ struct RenewResult {
     ok: bool,
 }
 
+/// An HTTP/2 connection to `addr`.
+async fn grpc_channel(addr: &str) -> anyhow::Result<tonic::transport::Channel> {
+    Ok(tonic::transport::Endpoint::from_shared(addr.to_string())?
+        .connect_timeout(Duration::from_secs(5))
+        .tcp_nodelay(true)
+        .connect()
+        .await?)
+}
+
+/// A unary gRPC call whose answer is decoded from one contiguous buffer (the lookups of both
+/// systems: the generated clients decode through tonic's buffer, a call per advance, which made
+/// the generator, not the servers, the bound of the lookup runs).
+async fn unary<T, U>(
+    channel: tonic::transport::Channel,
+    path: &'static str,
+    request: T,
+) -> anyhow::Result<U>
+where
+    T: prost::Message + Send + 'static,
+    U: prost::Message + Default + Send + 'static,
+{
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await?;
+    let path = tonic::codegen::http::uri::PathAndQuery::from_static(path);
+    let answer = grpc
+        .unary(tonic::Request::new(request), path, SliceCodec::default())
+        .await?;
+    Ok(answer.into_inner())
+}
+
+/// prost messages, decoded from one contiguous slice.
+struct SliceCodec<T, U>(std::marker::PhantomData<(T, U)>);
+
+impl<T, U> Default for SliceCodec<T, U> {
+    fn default() -> Self {
+        SliceCodec(std::marker::PhantomData)
+    }
+}
+
+impl<T, U> tonic::codec::Codec for SliceCodec<T, U>
+where
+    T: prost::Message + Send + 'static,
+    U: prost::Message + Default + Send + 'static,
+{
+    type Encode = T;
+    type Decode = U;
+    type Encoder = tonic_prost::ProstEncoder<T>;
+    type Decoder = SliceDecoder<U>;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        tonic_prost::ProstEncoder::default()
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        SliceDecoder(std::marker::PhantomData)
+    }
+}
+
+struct SliceDecoder<U>(std::marker::PhantomData<U>);
+
+impl<U: prost::Message + Default> tonic::codec::Decoder for SliceDecoder<U> {
+    type Item = U;
+    type Error = tonic::Status;
+
+    fn decode(
+        &mut self,
+        buf: &mut tonic::codec::DecodeBuf<'_>,
+    ) -> Result<Option<U>, tonic::Status> {
+        use bytes::Buf;
+        let message = buf.copy_to_bytes(buf.remaining());
+        U::decode(message.as_ref())
+            .map(Some)
+            .map_err(|e| tonic::Status::internal(e.to_string()))
+    }
+}
+
 /// The instance document both systems store (etcd as the key's value).
 fn document(service: &str, id: &str, weight: u32, ttl: Duration) -> serde_json::Value {
     json!({"service": service, "instanceId": id, "host": "10.1.2.3", "port": 8080,
@@ -125,6 +228,8 @@ fn document(service: &str, id: &str, weight: u32, ttl: Duration) -> serde_json::
 pub(crate) struct Muster {
     http: reqwest::Client,
     base: Arc<str>,
+    grpc: Option<Arc<[tonic::transport::Channel]>>,
+    next: Arc<AtomicUsize>,
 }
 
 impl Muster {
@@ -135,6 +240,8 @@ impl Muster {
         Ok(Muster {
             http,
             base: addr.trim_end_matches('/').into(),
+            grpc: None,
+            next: Arc::new(AtomicUsize::new(0)),
         })
     }
 
@@ -189,6 +296,20 @@ impl Driver for Muster {
     }
 
     async fn lookup(&self, service: &str) -> anyhow::Result<usize> {
+        if let Some(channels) = &self.grpc {
+            let i = self.next.fetch_add(1, Ordering::Relaxed);
+            let request = muster_proto::grpc::ListRequest {
+                service: service.into(),
+                ..Default::default()
+            };
+            let answer: EndpointList = unary(
+                channels[i % channels.len()].clone(),
+                "/muster.v1.Registry/List",
+                request,
+            )
+            .await?;
+            return Ok(answer.instances.len());
+        }
         let resp = self
             .http
             .get(format!("{}/v1/services/{service}", self.base))
@@ -201,6 +322,18 @@ impl Driver for Muster {
         }
         let answer: ServiceAnswer = serde_json::from_slice(&bytes)?;
         Ok(answer.instances.len())
+    }
+
+    /// Lookups over the gRPC API (`List`) on `connections` HTTP/2 connections.
+    async fn other_lookups(&self, connections: usize) -> anyhow::Result<Option<Muster>> {
+        let mut channels = Vec::new();
+        for _ in 0..connections.max(1) {
+            channels.push(grpc_channel(&self.base).await?);
+        }
+        Ok(Some(Muster {
+            grpc: Some(channels.into()),
+            ..self.clone()
+        }))
     }
 
     async fn renewer(&self) -> anyhow::Result<Muster> {
@@ -315,10 +448,7 @@ impl Etcd {
     pub(crate) async fn connect(addr: &str, connections: usize) -> anyhow::Result<Self> {
         let mut channels = Vec::new();
         for _ in 0..connections.max(1) {
-            let channel = tonic::transport::Endpoint::from_shared(addr.to_string())?
-                .connect_timeout(Duration::from_secs(5))
-                .tcp_nodelay(true)
-                .connect()
+            let channel = grpc_channel(addr)
                 .await
                 .with_context(|| format!("cannot reach etcd at {addr}"))?;
             channels.push(channel);
@@ -393,24 +523,26 @@ impl Driver for Etcd {
 
     async fn lookup(&self, service: &str) -> anyhow::Result<usize> {
         let (key, range_end) = prefix_range(service);
-        let resp = self
-            .kv()
-            .range(etcdpb::RangeRequest {
-                key,
-                range_end,
-                // A local read, like Muster's default lookup (etcd's default is linearizable:
-                // a ReadIndex round per read).
-                serializable: true,
-                ..Default::default()
-            })
-            .await?
-            .into_inner();
+        let request = etcdpb::RangeRequest {
+            key,
+            range_end,
+            // A local read, like Muster's default lookup (etcd's default is linearizable:
+            // a ReadIndex round per read).
+            serializable: true,
+            ..Default::default()
+        };
+        let resp: etcdpb::RangeResponse =
+            unary(self.channel(), "/etcdserverpb.KV/Range", request).await?;
         let endpoints = resp
             .kvs
             .iter()
             .map(|kv| serde_json::from_slice::<Endpoint>(&kv.value))
             .collect::<Result<Vec<_>, _>>()?;
         Ok(endpoints.len())
+    }
+
+    async fn other_lookups(&self, _connections: usize) -> anyhow::Result<Option<Etcd>> {
+        Ok(None)
     }
 
     async fn own_client(&self) -> anyhow::Result<Etcd> {

@@ -287,13 +287,19 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         &muster_bin,
         &params,
         only,
+        connections,
         |addr| async move { Muster::new(&addr) },
     )
     .await?;
     eprintln!("etcd ({})", etcd_bin.display());
-    let etcd = measure(System::Etcd, &etcd_bin, &params, only, |addr| async move {
-        Etcd::connect(&addr, connections).await
-    })
+    let etcd = measure(
+        System::Etcd,
+        &etcd_bin,
+        &params,
+        only,
+        connections,
+        |addr| async move { Etcd::connect(&addr, connections).await },
+    )
     .await?;
     let results = Results {
         date: today().await,
@@ -335,11 +341,14 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
 }
 
 /// Every workload against one system: the first five on one server, memory on a fresh one.
+/// Lookups run again over the system's other API, if it has one, on `connections`
+/// connections.
 async fn measure<D, F, Fut>(
     system: System,
     binary: &std::path::Path,
     p: &Params,
     only: &[Workload],
+    connections: usize,
     connect: F,
 ) -> anyhow::Result<SystemResults>
 where
@@ -371,6 +380,10 @@ where
     if runs(Workload::Lookup) {
         r.lookup = workload::lookup(&d, p.lookup_size, p.clients, seconds).await?;
         eprintln!("  lookup: {:.0}/s", r.lookup.per_second);
+        if let Some(other) = d.other_lookups(connections).await? {
+            r.lookup_grpc = workload::lookup(&other, p.lookup_size, p.clients, seconds).await?;
+            eprintln!("  lookup over gRPC: {:.0}/s", r.lookup_grpc.per_second);
+        }
     }
     if runs(Workload::Watch) {
         r.watch = workload::watch(&d, p.changes).await?;

@@ -155,6 +155,9 @@ pub(crate) struct SystemResults {
     pub(crate) register: Rate,
     pub(crate) renew: Rate,
     pub(crate) lookup: Rate,
+    /// Lookups over Muster's gRPC API (none for etcd: its one API is gRPC).
+    #[serde(default)]
+    pub(crate) lookup_grpc: Rate,
     pub(crate) watch: Latency,
     pub(crate) fanout: Fanout,
     pub(crate) detection: Detection,

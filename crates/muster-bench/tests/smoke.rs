@@ -61,6 +61,10 @@ fn a_quick_run_measures_both_systems_and_writes_the_report() {
             "{system} lookup"
         );
         assert_eq!(r["lookup"]["errors"], 0, "{system} lookup errors");
+        // Muster's lookups again over gRPC; etcd has no second API.
+        let grpc = r["lookup_grpc"]["operations"].as_u64().unwrap();
+        assert_eq!(grpc > 0, system == "muster", "{system} lookup over gRPC");
+        assert_eq!(r["lookup_grpc"]["errors"], 0, "{system} gRPC lookup errors");
         assert_eq!(r["watch"]["count"], p["changes"], "{system} watch");
         assert_eq!(r["fanout"]["missed"], 0, "{system} fan-out");
         assert_eq!(
@@ -95,7 +99,7 @@ fn a_quick_run_measures_both_systems_and_writes_the_report() {
     );
     assert!(!report.contains("\nold\n"), "generated part replaced");
     assert!(report.contains("| register 300 instances"));
-    for plot in ["register", "lookup", "watch", "fanout"] {
+    for plot in ["register", "lookup", "lookup-grpc", "watch", "fanout"] {
         let svg = std::fs::read_to_string(dir.path().join(format!("bench/{plot}.svg")))
             .expect("plot written");
         assert_eq!(svg.matches("<polyline").count(), 2, "{plot}: both systems");

@@ -8,6 +8,21 @@ pub mod sse;
 #[allow(missing_docs, unreachable_pub, clippy::all, clippy::pedantic)]
 pub mod grpc {
     include!("gen/muster.v1.rs");
+    include!("gen/muster.v1.server.rs");
+
+    /// What the server answers to `List`: a [`ListResponse`] on the wire, its instances
+    /// already encoded (each an `Instance` message), so a server can keep them encoded and
+    /// answer without converting anything per request.
+    #[derive(Clone, PartialEq, ::prost::Message)]
+    pub struct EncodedList {
+        #[prost(string, tag = "1")]
+        pub service: ::prost::alloc::string::String,
+        #[prost(uint64, tag = "2")]
+        pub index: u64,
+        /// Encoded `Instance` messages.
+        #[prost(bytes = "bytes", repeated, tag = "3")]
+        pub instances: ::prost::alloc::vec::Vec<::prost::bytes::Bytes>,
+    }
 }
 
 use std::collections::BTreeMap;

@@ -6,14 +6,18 @@
 
 use std::path::Path;
 
-/// Generates `proto` (relative to `include`) into `checked_in`; `package` names the generated
-/// file; fails when the checked-in file is stale.
-fn check(include: &Path, proto: &str, package: &str, checked_in: &Path, server: bool) {
+/// Generates `proto` (relative to `include`) with `builder` into `checked_in`; `package` names
+/// the generated file; fails when the checked-in file is stale.
+fn check(
+    include: &Path,
+    proto: &str,
+    package: &str,
+    checked_in: &Path,
+    builder: tonic_prost_build::Builder,
+) {
     let files = protox::compile([include.join(proto)], [include]).expect("the proto compiles");
     let out = tempfile::tempdir().expect("tempdir");
-    tonic_prost_build::configure()
-        .build_client(true)
-        .build_server(server)
+    builder
         .emit_rerun_if_changed(false)
         .out_dir(out.path())
         .compile_fds(files)
@@ -35,12 +39,25 @@ fn check(include: &Path, proto: &str, package: &str, checked_in: &Path, server: 
 #[test]
 fn the_checked_in_grpc_code_matches_the_proto() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    // The messages and the client.
     check(
         &root.join("proto"),
         "muster/v1/registry.proto",
         "muster.v1",
         &root.join("src/gen/muster.v1.rs"),
-        true,
+        tonic_prost_build::configure().build_server(false),
+    );
+    // The server, over the messages above, except that `List` answers an `EncodedList`: the
+    // same bytes on the wire, its instances already encoded (served from the watch hub's view).
+    check(
+        &root.join("proto"),
+        "muster/v1/registry.proto",
+        "muster.v1",
+        &root.join("src/gen/muster.v1.server.rs"),
+        tonic_prost_build::configure()
+            .build_client(false)
+            .extern_path(".muster.v1", "crate::grpc")
+            .extern_path(".muster.v1.ListResponse", "crate::grpc::EncodedList"),
     );
 }
 
@@ -52,6 +69,6 @@ fn the_checked_in_etcd_client_matches_its_proto() {
         "etcd.proto",
         "etcdserverpb",
         &bench.join("src/gen/etcdserverpb.rs"),
-        false,
+        tonic_prost_build::configure().build_server(false),
     );
 }

@@ -71,6 +71,7 @@ pub struct ServiceView {
     carried: Mutex<Vec<Option<Bytes>>>,
     encoded: OnceLock<Encoded>,
     snapshot_frame: OnceLock<Bytes>,
+    protobuf: OnceLock<Vec<Bytes>>,
 }
 
 /// A view's JSON: the default answer (its HEALTHY instances) and each instance's JSON (a slice
@@ -108,6 +109,7 @@ impl ServiceView {
             carried: Mutex::new(carried),
             encoded: OnceLock::new(),
             snapshot_frame: OnceLock::new(),
+            protobuf: OnceLock::new(),
         }
     }
 
@@ -196,6 +198,30 @@ impl ServiceView {
                 sse_frame("snapshot", self.index, &data)
             })
             .clone()
+    }
+
+    /// Each instance's message in the gRPC API, by position, written by `encode` (which is
+    /// always the same function: only the first call's is used) on first use, as slices of
+    /// one buffer. Not carried over between views: a service read over gRPC is encoded again
+    /// once per change.
+    pub fn protobuf(&self, encode: impl Fn(&Instance, &mut BytesMut)) -> &[Bytes] {
+        self.protobuf.get_or_init(|| {
+            let mut buf = BytesMut::new();
+            let mut ends = Vec::with_capacity(self.instances.len());
+            for inst in &self.instances {
+                encode(inst, &mut buf);
+                ends.push(buf.len());
+            }
+            let buf = buf.freeze();
+            let mut start = 0;
+            ends.into_iter()
+                .map(|end| {
+                    let message = buf.slice(start..end);
+                    start = end;
+                    message
+                })
+                .collect()
+        })
     }
 
     /// Instances by zone (`""` for none); computed on demand.

@@ -155,6 +155,12 @@ fn instance(i: &Instance) -> pb::Instance {
     }
 }
 
+/// An instance's message, appended to `buf`.
+fn encode_instance(i: &Instance, buf: &mut bytes::BytesMut) {
+    // A BytesMut grows as needed: encoding into it cannot run out of room.
+    let _ = prost::Message::encode(&instance(i), buf);
+}
+
 fn watch_event(e: WatchEvent) -> Option<pb::WatchEvent> {
     use pb::watch_event::Event;
     let event = match e {
@@ -278,7 +284,7 @@ impl Registry for GrpcApi {
     async fn list(
         &self,
         request: Request<pb::ListRequest>,
-    ) -> Result<Response<pb::ListResponse>, tonic::Status> {
+    ) -> Result<Response<pb::EncodedList>, tonic::Status> {
         let r = request.into_inner();
         muster_core::model::validate_service(&r.service, "service")
             .map_err(|e| status(ApiError::bad_param("service", e.message)))?;
@@ -300,24 +306,27 @@ impl Registry for GrpcApi {
             tag: r.tags,
             version: opt(r.version),
         };
-        // Under the registry's lock only the matching instances are taken (shared); they are
-        // converted after.
-        let (index, kept) = self.app.raft.read(|reg| {
-            let index = reg.service_index(&r.service).unwrap_or_else(|| reg.index());
-            let kept = reg
-                .service_instances(&r.service)
-                .filter(|i| filter.keep(i))
-                .cloned()
-                .collect::<Vec<_>>();
-            (index, kept)
-        });
-        let mut instances: Vec<pb::Instance> = kept.iter().map(|i| instance(i)).collect();
-        instances.sort_by(|a, b| a.instance_id.cmp(&b.instance_id));
-        Ok(Response::new(pb::ListResponse {
-            service: r.service,
-            index,
-            instances,
-        }))
+        // Served from the watch hub's view, like the HTTP lookup: each instance encoded once
+        // per change, shared by every answer.
+        let answer = match self.app.hub.slot(&r.service).map(|s| s.view()) {
+            Some(view) => pb::EncodedList {
+                index: view.index,
+                instances: view
+                    .instances
+                    .iter()
+                    .zip(view.protobuf(encode_instance))
+                    .filter(|(i, _)| filter.keep(i))
+                    .map(|(_, message)| message.clone())
+                    .collect(),
+                service: r.service,
+            },
+            None => pb::EncodedList {
+                service: r.service,
+                index: self.app.hub.registry_index(),
+                instances: Vec::new(),
+            },
+        };
+        Ok(Response::new(answer))
     }
 
     type WatchStream = Stream_<pb::WatchEvent>;

@@ -121,6 +121,60 @@ async fn register_list_watch_heartbeat_drain_and_deregister_over_grpc() {
         .into_inner();
     assert_eq!(drained.instance.unwrap().status, "DRAINING");
 
+    // Lists follow the change (each view's instances are encoded once, then shared) and
+    // agree with the HTTP lookup, filter for filter.
+    let list = |status: &str, zone: &str, service: &str| {
+        let request = pb::ListRequest {
+            service: service.into(),
+            status: status.into(),
+            zone: zone.into(),
+            ..Default::default()
+        };
+        let mut c = c.clone();
+        async move { c.list(request).await.unwrap().into_inner() }
+    };
+    let ids = |l: &pb::ListResponse| -> Vec<String> {
+        l.instances.iter().map(|i| i.instance_id.clone()).collect()
+    };
+    let healthy = list("", "", "inventory-api").await;
+    assert_eq!(ids(&healthy), ["inv-2"]);
+    let any = list("any", "", "inventory-api").await;
+    assert_eq!(ids(&any), ["inv-1", "inv-2"]);
+    assert_eq!(
+        (
+            any.instances[0].status.as_str(),
+            any.instances[0].status_reason.as_str()
+        ),
+        ("DRAINING", "deploy")
+    );
+    let (code, http) = m.get("/v1/services/inventory-api?status=any").await;
+    assert_eq!(code, 200);
+    assert_eq!(http["index"], any.index);
+    for (h, g) in http["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(&any.instances)
+    {
+        assert_eq!(h["instanceId"], g.instance_id.as_str());
+        assert_eq!(h["modifyIndex"], g.modify_index);
+        assert_eq!(h["zone"], g.zone.as_str());
+        assert_eq!(h["registeredAt"], g.registered_at.as_str());
+    }
+    assert_eq!(
+        ids(&list("DRAINING", "ap-south-1a", "inventory-api").await),
+        ["inv-1"]
+    );
+    assert!(
+        list("any", "eu-west-1a", "inventory-api")
+            .await
+            .instances
+            .is_empty()
+    );
+    let unknown = list("", "", "nobody-home").await;
+    // An unknown service answers the registry's index.
+    assert!(unknown.instances.is_empty() && unknown.index >= any.index);
+
     let gone = c
         .deregister(pb::DeregisterRequest {
             instance_id: "inv-1".into(),

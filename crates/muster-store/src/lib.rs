@@ -46,7 +46,7 @@ const SNAPSHOT_TMP: &str = "snapshot.tmp";
 
 /// redb's page cache. Muster reads redb only at start-up; the cache mostly holds pages being
 /// written, and the B-tree's upper levels that each commit touches.
-const CACHE_BYTES: usize = 8 * 1024 * 1024;
+const CACHE_BYTES: usize = 1024 * 1024;
 
 /// Most submissions one group commit takes from the queue.
 const MAX_BATCH: usize = 4096;

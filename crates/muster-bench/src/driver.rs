@@ -7,6 +7,7 @@
 //!   JSON, put with that lease; renewals on `LeaseKeepAlive` streams; lookups are a range over
 //!   the service's prefix; watches are prefix watches.
 
+use std::borrow::Cow;
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -96,12 +97,20 @@ pub(crate) trait Renewer: Send + 'static {
 #[derive(serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
 #[allow(dead_code)] // decoded for the work it takes, not read
-struct Endpoint {
-    instance_id: String,
-    host: String,
+struct Endpoint<'a> {
+    #[serde(borrow)]
+    instance_id: Cow<'a, str>,
+    #[serde(borrow)]
+    host: Cow<'a, str>,
     port: u16,
     #[serde(default)]
     weight: u32,
+}
+
+/// Decodes JSON into `T` (the generator's decoding, the same for both systems: the text
+/// checked as UTF-8 once, strings borrowed from it where they hold no escapes).
+fn decode<'a, T: serde::Deserialize<'a>>(json: &'a [u8]) -> anyhow::Result<T> {
+    Ok(serde_json::from_str(std::str::from_utf8(json)?)?)
 }
 
 /// [`Endpoint`] in the gRPC API's `Instance` message.
@@ -125,8 +134,9 @@ struct EndpointList {
 }
 
 #[derive(serde::Deserialize)]
-struct ServiceAnswer {
-    instances: Vec<Endpoint>,
+struct ServiceAnswer<'a> {
+    #[serde(borrow)]
+    instances: Vec<Endpoint<'a>>,
 }
 
 #[derive(serde::Deserialize)]
@@ -320,7 +330,7 @@ impl Driver for Muster {
         if !status.is_success() {
             bail!("{status}");
         }
-        let answer: ServiceAnswer = serde_json::from_slice(&bytes)?;
+        let answer: ServiceAnswer<'_> = decode(&bytes)?;
         Ok(answer.instances.len())
     }
 
@@ -536,7 +546,7 @@ impl Driver for Etcd {
         let endpoints = resp
             .kvs
             .iter()
-            .map(|kv| serde_json::from_slice::<Endpoint>(&kv.value))
+            .map(|kv| decode::<Endpoint<'_>>(&kv.value))
             .collect::<Result<Vec<_>, _>>()?;
         Ok(endpoints.len())
     }

@@ -29,6 +29,7 @@ fn thousands(n: f64) -> String {
 /// `850 µs`, `1.23 ms`, `12.3 ms`, `1.20 s`.
 fn duration_us(us: f64) -> String {
     match us {
+        u if u < 10.0 => format!("{u:.1} µs"),
         u if u < 1000.0 => format!("{u:.0} µs"),
         u if u < 10_000.0 => format!("{:.2} ms", u / 1000.0),
         u if u < 1_000_000.0 => format!("{:.1} ms", u / 1000.0),
@@ -61,6 +62,13 @@ fn p50_p99(l: &Latency) -> String {
     )
 }
 
+/// `server CPU N µs each`, after `sep`, when measured.
+fn cpu(x: &crate::stats::Rate, sep: &str) -> String {
+    x.server_cpu_us_per_op()
+        .map(|us| format!("{sep}server CPU {} each", duration_us(us)))
+        .unwrap_or_default()
+}
+
 fn lookup_met(m: &crate::stats::Rate, e: &crate::stats::Rate) -> bool {
     m.per_second >= 10.0 * e.per_second && m.latency.p99_us <= 2000
 }
@@ -88,9 +96,10 @@ pub(crate) fn table(r: &Results) -> String {
         };
     let rate = |x: &crate::stats::Rate| {
         format!(
-            "{}/s ({}){}",
+            "{}/s ({}{}){}",
             thousands(x.per_second),
             p50_p99(&x.latency),
+            cpu(x, "; "),
             note(x.errors > 0, || format!(", {} errors", x.errors))
         )
     };
@@ -110,8 +119,9 @@ pub(crate) fn table(r: &Results) -> String {
     );
     let renew = |x: &crate::stats::Rate| {
         format!(
-            "{}/s{}",
+            "{}/s{}{}",
             thousands(x.per_second),
+            cpu(x, ", "),
             note(x.errors > 0, || format!(", {} errors", x.errors))
         )
     };
@@ -439,6 +449,7 @@ mod tests {
         assert_eq!(thousands(1234567.4), "1,234,567");
         assert_eq!(thousands(999.0), "999");
         assert_eq!(duration_us(850.0), "850 µs");
+        assert_eq!(duration_us(2.34), "2.3 µs");
         assert_eq!(duration_us(1234.0), "1.23 ms");
         assert_eq!(duration_us(12_345.0), "12.3 ms");
         assert_eq!(duration_us(1_200_000.0), "1.20 s");

@@ -133,12 +133,37 @@ impl Server {
         ))
     }
 
+    /// CPU time the server has used so far (user and system, every thread, living or not), in
+    /// milliseconds.
+    pub(crate) fn cpu_ms(&self) -> anyhow::Result<f64> {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid))?;
+        cpu_ticks(&stat)
+            .map(|ticks| ticks as f64 * 1000.0 / USER_HZ)
+            .with_context(|| format!("unreadable /proc/{}/stat", self.pid))
+    }
+
     /// Stops the server and removes its data.
     pub(crate) async fn stop(mut self) -> anyhow::Result<()> {
         self.child.start_kill()?;
         self.child.wait().await?;
         Ok(())
     }
+}
+
+/// Clock ticks per second of `/proc/<pid>/stat` times: `USER_HZ`, fixed at 100 by the
+/// kernel's user-space ABI.
+const USER_HZ: f64 = 100.0;
+
+/// `utime + stime` from a `/proc/<pid>/stat` line (fields 14 and 15; the command name in
+/// field 2 is parenthesized and may hold spaces, so fields are counted after its `)`).
+fn cpu_ticks(stat: &str) -> Option<u64> {
+    let mut fields = stat
+        .get(stat.rfind(')')? + 1..)?
+        .split_whitespace()
+        .skip(11);
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some(utime + stime)
 }
 
 /// A `/proc/<pid>/status` figure in KiB.
@@ -198,4 +223,14 @@ pub(crate) fn find_etcd() -> anyhow::Result<PathBuf> {
         .map(|dir| dir.join("etcd"))
         .find(|p| p.is_file())
         .context("etcd is not installed: run scripts/install-etcd (apt-get install -y etcd-server)")
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn cpu_ticks_are_read_after_the_command_name() {
+        let stat = "4242 (muster (x) y) S 1 4242 4242 0 -1 4194560 1083 0 0 0 731 269 0 0 20 0 5 0";
+        assert_eq!(super::cpu_ticks(stat), Some(1000));
+        assert_eq!(super::cpu_ticks("4242 (muster) S 1"), None);
+    }
 }

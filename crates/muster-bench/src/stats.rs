@@ -64,6 +64,9 @@ pub(crate) struct Rate {
     pub(crate) seconds: f64,
     pub(crate) per_second: f64,
     pub(crate) latency: Latency,
+    /// CPU time the server used during the run (user and system), milliseconds.
+    #[serde(default)]
+    pub(crate) server_cpu_ms: f64,
 }
 
 impl Rate {
@@ -77,7 +80,14 @@ impl Rate {
             seconds,
             per_second: operations as f64 / seconds.max(1e-9),
             latency: Latency::of(samples),
+            server_cpu_ms: 0.0,
         }
+    }
+
+    /// The server's CPU time per operation, microseconds (none before it was measured).
+    pub(crate) fn server_cpu_us_per_op(&self) -> Option<f64> {
+        (self.server_cpu_ms > 0.0 && self.operations > 0)
+            .then(|| self.server_cpu_ms * 1000.0 / self.operations as f64)
     }
 }
 

@@ -51,6 +51,11 @@ fn a_quick_run_measures_both_systems_and_writes_the_report() {
             "{system} register"
         );
         assert_eq!(r["register"]["errors"], 0, "{system} register errors");
+        // The server's CPU time is read from /proc around each rate workload.
+        assert!(
+            r["register"]["server_cpu_ms"].as_f64().unwrap() > 0.0,
+            "{system} register CPU"
+        );
         assert!(
             r["renew"]["operations"].as_u64().unwrap() > 0,
             "{system} renew"

@@ -85,6 +85,10 @@ struct RunArgs {
     /// Small counts and short durations (the CI smoke run); overrides the sizes.
     #[arg(long)]
     quick: bool,
+    /// Rounds of every workload but memory (measured in the first round only); each figure is
+    /// taken from its median round. `--quick` runs one.
+    #[arg(long, default_value_t = 3)]
+    rounds: u32,
     /// Run only these workloads (for profiling one of them; the report needs them all).
     #[arg(long, value_enum, value_delimiter = ',', conflicts_with = "doc")]
     only: Vec<Workload>,
@@ -213,6 +217,17 @@ pub(crate) struct Results {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub(crate) only: Vec<String>,
     pub(crate) params: Params,
+    /// Each workload from its median round.
+    pub(crate) muster: SystemResults,
+    pub(crate) etcd: SystemResults,
+    /// Every round, when there were several (without the plots' points).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub(crate) rounds: Vec<Round>,
+}
+
+/// Both systems' figures in one round.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub(crate) struct Round {
     pub(crate) muster: SystemResults,
     pub(crate) etcd: SystemResults,
 }
@@ -280,27 +295,53 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         None => server::find_etcd()?,
     };
     let connections = usize::try_from(params.clients.div_ceil(8)).unwrap_or(8);
-    eprintln!("muster ({})", muster_bin.display());
     let only = &args.only;
-    let muster = measure(
-        System::Muster,
-        &muster_bin,
-        &params,
-        only,
-        connections,
-        |addr| async move { Muster::new(&addr) },
-    )
-    .await?;
-    eprintln!("etcd ({})", etcd_bin.display());
-    let etcd = measure(
-        System::Etcd,
-        &etcd_bin,
-        &params,
-        only,
-        connections,
-        |addr| async move { Etcd::connect(&addr, connections).await },
-    )
-    .await?;
+    let count = if args.quick { 1 } else { args.rounds.max(1) };
+    let mut rounds = Vec::new();
+    for round in 0..count {
+        if count > 1 {
+            eprintln!("round {} of {count}", round + 1);
+        }
+        let memory = round == 0;
+        eprintln!("muster ({})", muster_bin.display());
+        let muster = measure(
+            System::Muster,
+            &muster_bin,
+            &params,
+            only,
+            memory,
+            connections,
+            |addr| async move { Muster::new(&addr) },
+        )
+        .await?;
+        eprintln!("etcd ({})", etcd_bin.display());
+        let etcd = measure(
+            System::Etcd,
+            &etcd_bin,
+            &params,
+            only,
+            memory,
+            connections,
+            |addr| async move { Etcd::connect(&addr, connections).await },
+        )
+        .await?;
+        rounds.push(Round { muster, etcd });
+    }
+    let median = |system: fn(&Round) -> &SystemResults| {
+        SystemResults::median_of(&rounds.iter().map(|r| system(r).clone()).collect::<Vec<_>>())
+    };
+    let (muster, etcd) = (median(|r| &r.muster), median(|r| &r.etcd));
+    let rounds = if rounds.len() > 1 {
+        rounds
+            .into_iter()
+            .map(|r| Round {
+                muster: r.muster.without_points(),
+                etcd: r.etcd.without_points(),
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
     let results = Results {
         date: today().await,
         commit: commit().await,
@@ -314,6 +355,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         params,
         muster,
         etcd,
+        rounds,
     };
     let out = args.out.clone().or_else(|| {
         args.only
@@ -340,14 +382,15 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Every workload against one system: the first five on one server, memory on a fresh one.
-/// Lookups run again over the system's other API, if it has one, on `connections`
+/// Every workload against one system: the first five on one server, memory (if `memory`) on a
+/// fresh one. Lookups run again over the system's other API, if it has one, on `connections`
 /// connections.
 async fn measure<D, F, Fut>(
     system: System,
     binary: &std::path::Path,
     p: &Params,
     only: &[Workload],
+    memory: bool,
     connections: usize,
     connect: F,
 ) -> anyhow::Result<SystemResults>
@@ -419,7 +462,7 @@ where
     }
     drop(d);
     server.stop().await?;
-    if !runs(Workload::Memory) {
+    if !memory || !runs(Workload::Memory) {
         return Ok(r);
     }
 

@@ -174,6 +174,56 @@ pub(crate) struct SystemResults {
     pub(crate) memory: Memory,
 }
 
+/// The element whose `key` is the median (the lower middle for an even count).
+fn median_by<T: Clone + Default>(items: &[T], key: impl Fn(&T) -> f64) -> T {
+    let mut sorted: Vec<&T> = items.iter().collect();
+    sorted.sort_by(|a, b| key(a).total_cmp(&key(b)));
+    sorted
+        .get(sorted.len().saturating_sub(1) / 2)
+        .map(|t| (*t).clone())
+        .unwrap_or_default()
+}
+
+impl SystemResults {
+    /// One system's figures over several rounds: each workload as measured in the round whose
+    /// headline figure (a rate, a p99, a detection time) is the median of the rounds; memory
+    /// from the first round (the only one that measures it).
+    pub(crate) fn median_of(rounds: &[SystemResults]) -> SystemResults {
+        let Some(first) = rounds.first() else {
+            return SystemResults::default();
+        };
+        let pick = |f: &dyn Fn(&SystemResults) -> f64| median_by(rounds, f);
+        SystemResults {
+            system: first.system.clone(),
+            version: first.version.clone(),
+            register: pick(&|r| r.register.per_second).register,
+            renew: pick(&|r| r.renew.per_second).renew,
+            lookup: pick(&|r| r.lookup.per_second).lookup,
+            lookup_grpc: pick(&|r| r.lookup_grpc.per_second).lookup_grpc,
+            watch: pick(&|r| r.watch.p99_us as f64).watch,
+            fanout: pick(&|r| r.fanout.all.p99_us as f64).fanout,
+            detection: pick(&|r| r.detection.last_gone_after_renewal_ms).detection,
+            memory: first.memory.clone(),
+        }
+    }
+
+    /// The figures without the plots' points (what the result keeps of each round).
+    pub(crate) fn without_points(mut self) -> Self {
+        for l in [
+            &mut self.register.latency,
+            &mut self.renew.latency,
+            &mut self.lookup.latency,
+            &mut self.lookup_grpc.latency,
+            &mut self.watch,
+            &mut self.fanout.all,
+            &mut self.fanout.each,
+        ] {
+            l.points.clear();
+        }
+        self
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -198,6 +248,33 @@ mod tests {
                 .iter()
                 .all(|&(q, _)| q == 1.0 || q <= 0.999 + 1e-12)
         );
+    }
+
+    #[test]
+    fn each_workload_comes_from_its_median_round() {
+        let round = |rate: f64, p99: u64, detect: f64| {
+            let mut r = SystemResults::default();
+            r.register.per_second = rate;
+            r.lookup.per_second = 10.0 * rate;
+            r.watch.p99_us = p99;
+            r.detection.last_gone_after_renewal_ms = detect;
+            r.memory.instances = rate as u64;
+            r
+        };
+        let m = SystemResults::median_of(&[
+            round(3.0, 900, 10_040.0),
+            round(1.0, 1200, 10_020.0),
+            round(2.0, 700, 10_060.0),
+        ]);
+        assert_eq!(m.register.per_second, 2.0);
+        assert_eq!(m.lookup.per_second, 20.0);
+        assert_eq!(m.watch.p99_us, 900);
+        assert_eq!(m.detection.last_gone_after_renewal_ms, 10_040.0);
+        assert_eq!(m.memory.instances, 3, "memory from the first round");
+        // Two rounds: the lower one; none: nothing.
+        let two = SystemResults::median_of(&[round(5.0, 1, 0.0), round(4.0, 1, 0.0)]);
+        assert_eq!(two.register.per_second, 4.0);
+        assert_eq!(SystemResults::median_of(&[]).register.per_second, 0.0);
     }
 
     #[test]

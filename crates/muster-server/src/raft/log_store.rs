@@ -45,8 +45,10 @@ const FORMAT_1: &[u8] = b"muster-1";
 
 /// Entries kept in memory beyond those not yet durable. Memory for the log is then bounded
 /// whatever the snapshot interval (it was the whole unpurged log: up to 30,000 entries, about
-/// 25 MB at 100,000 instances).
-const TAIL: usize = 4096;
+/// 25 MB at 100,000 instances). The apply and replication to a follower that keeps up read
+/// the newest entries; older ones are read from the store. (4096 before: ~1.7 MB more, no
+/// measurable gain in registrations.)
+const TAIL: usize = 1024;
 
 #[derive(Default)]
 struct Inner {

@@ -1,7 +1,8 @@
 //! The same discovery operations against each system.
 //!
 //! - Muster: its HTTP API (`POST /v1/instances`, `POST /v1/heartbeats`, `GET
-//!   /v1/services/{s}`, `GET /v1/watch`), as the client library and the CLI use it.
+//!   /v1/services/{s}`, `GET /v1/watch`), as the client library and the CLI use it; lookups
+//!   also over its gRPC API (`muster.v1.Registry/List`, [`Driver::other_lookups`]).
 //! - etcd: the v3 gRPC API the way discovery on etcd works (Kubernetes-style): one lease per
 //!   instance (`LeaseGrant`) and a key `/muster-bench/{service}/{id}` holding the instance's
 //!   JSON, put with that lease; renewals on `LeaseKeepAlive` streams; lookups are a range over

@@ -491,3 +491,29 @@ fn a_late_answer_of_an_old_view_pins_nothing() {
     drop(v1);
     assert!(weak.upgrade().is_none());
 }
+
+#[test]
+fn a_views_protobuf_messages_are_encoded_once_in_order_and_per_view() {
+    let mut w = World::two_healthy_in_a();
+    let calls = std::cell::Cell::new(0);
+    // A stand-in encoder: the instance's id and zone, so each slice says whose it is.
+    let encode = |i: &Instance, buf: &mut BytesMut| {
+        calls.set(calls.get() + 1);
+        buf.put_slice(format!("{}@{};", i.spec.instance_id, i.spec.zone).as_bytes());
+    };
+    let v1 = w.hub.slot("a").unwrap().view();
+    let first: Vec<Bytes> = v1.protobuf(encode).to_vec();
+    assert_eq!(first, [&b"a1@z1;"[..], &b"a2@z1;"[..]]);
+    assert_eq!(calls.get(), 2);
+    // Read again: the same bytes, not encoded again.
+    let again = v1.protobuf(encode);
+    assert_eq!(again[1].as_ptr(), first[1].as_ptr());
+    assert_eq!(calls.get(), 2);
+    // A change makes a new view, which encodes its own instances.
+    w.apply(&[register("a", "a2", "z2", true)]);
+    let v2 = w.hub.slot("a").unwrap().view();
+    assert_eq!(v2.protobuf(encode), [&b"a1@z1;"[..], &b"a2@z2;"[..]]);
+    assert_eq!(calls.get(), 4);
+    // The old view still answers with what it was.
+    assert_eq!(v1.protobuf(encode)[1], &b"a2@z1;"[..]);
+}

@@ -74,11 +74,36 @@ pub struct ServiceView {
     protobuf: OnceLock<Vec<Bytes>>,
 }
 
-/// A view's JSON: the default answer (its HEALTHY instances) and each instance's JSON (a slice
-/// of that answer for those in it).
+/// A view's JSON, in one buffer: the default answer (its HEALTHY instances), then the JSON of
+/// the instances it leaves out; each instance's JSON is a span of it (8 bytes each, not a
+/// 32-byte handle).
 struct Encoded {
-    healthy_body: Bytes,
-    json: Vec<Bytes>,
+    buf: Bytes,
+    /// The default answer's length: `buf[..answer_len]`.
+    answer_len: usize,
+    /// Each instance's JSON in `buf`, by position: `(start, len)`.
+    spans: Vec<(u32, u32)>,
+}
+
+impl Encoded {
+    fn healthy_body(&self) -> Bytes {
+        self.buf.slice(..self.answer_len)
+    }
+
+    fn range(&self, k: usize) -> std::ops::Range<usize> {
+        let (start, len) = self.spans[k];
+        start as usize..start as usize + len as usize
+    }
+
+    /// The JSON of the instance at `k`, shared.
+    fn json(&self, k: usize) -> Bytes {
+        self.buf.slice(self.range(k))
+    }
+
+    /// The JSON of the instance at `k`, borrowed.
+    fn json_ref(&self, k: usize) -> &[u8] {
+        &self.buf[self.range(k)]
+    }
 }
 
 fn status_slot(s: Status) -> usize {
@@ -114,12 +139,13 @@ impl ServiceView {
     }
 
     /// The JSON of every instance and the default answer, built on first use: carried JSON
-    /// is reused, the rest encoded; the answer is assembled from them and then holds them.
+    /// is reused, the rest encoded; all of it is then copied into one buffer (so nothing of
+    /// the previous view's buffer stays pinned).
     fn encoded(&self) -> &Encoded {
         self.encoded.get_or_init(|| {
             let carried =
                 std::mem::take(&mut *self.carried.lock().unwrap_or_else(|p| p.into_inner()));
-            let mut json: Vec<Bytes> = self
+            let json: Vec<Bytes> = self
                 .instances
                 .iter()
                 .enumerate()
@@ -131,21 +157,46 @@ impl ServiceView {
             drop(carried);
             let healthy = |k: &usize| self.instances[*k].status == Status::Healthy;
             let kept: Vec<usize> = (0..json.len()).filter(healthy).collect();
-            let (healthy_body, ranges) = self.assemble(kept.iter().map(|&k| &json[k]));
-            for (k, range) in kept.into_iter().zip(ranges) {
-                json[k] = healthy_body.slice(range);
+            let left_out: usize = (0..json.len())
+                .filter(|k| !healthy(k))
+                .map(|k| json[k].len())
+                .sum();
+            let (mut buf, ranges) = self.assemble(kept.iter().map(|&k| &json[k]), left_out);
+            let answer_len = buf.len();
+            let span = |r: std::ops::Range<usize>| {
+                (
+                    u32::try_from(r.start).unwrap_or(u32::MAX),
+                    u32::try_from(r.len()).unwrap_or(0),
+                )
+            };
+            let mut spans = vec![(0, 0); json.len()];
+            for (&k, range) in kept.iter().zip(ranges) {
+                spans[k] = span(range);
             }
-            Encoded { healthy_body, json }
+            for (k, part) in json.iter().enumerate() {
+                if !healthy(&k) {
+                    let start = buf.len();
+                    buf.put_slice(part);
+                    spans[k] = span(start..buf.len());
+                }
+            }
+            Encoded {
+                buf: buf.freeze(),
+                answer_len,
+                spans,
+            }
         })
     }
 
-    /// `{"service":..,"index":..,"instances":[..]}` of `parts`, and where each part lies in it.
-    fn assemble<'a>(
+    /// `{"service":..,"index":..,"instances":[..]}` of `parts`, and where each part lies in it;
+    /// with room for `extra` bytes after it.
+    fn assemble<P: AsRef<[u8]>>(
         &self,
-        parts: impl Iterator<Item = &'a Bytes> + Clone,
-    ) -> (Bytes, Vec<std::ops::Range<usize>>) {
-        let len: usize = parts.clone().map(|j| j.len() + 1).sum();
-        let mut out = BytesMut::with_capacity(64 + self.service.len() + len);
+        parts: impl Iterator<Item = P> + Clone,
+        extra: usize,
+    ) -> (BytesMut, Vec<std::ops::Range<usize>>) {
+        let len: usize = parts.clone().map(|j| j.as_ref().len() + 1).sum();
+        let mut out = BytesMut::with_capacity(64 + self.service.len() + len + extra);
         out.put_slice(b"{\"service\":");
         put_json_str(&mut out, &self.service);
         out.put_slice(format!(",\"index\":{},\"instances\":[", self.index).as_bytes());
@@ -155,17 +206,17 @@ impl ServiceView {
                 out.put_u8(b',');
             }
             let start = out.len();
-            out.put_slice(json);
+            out.put_slice(json.as_ref());
             ranges.push(start..out.len());
         }
         out.put_slice(b"]}");
-        (out.freeze(), ranges)
+        (out, ranges)
     }
 
     /// `{"service":..,"index":..,"instances":[..]}` of the HEALTHY instances: the default lookup,
     /// built at most once per change.
     pub fn healthy_body(&self) -> Bytes {
-        self.encoded().healthy_body.clone()
+        self.encoded().healthy_body()
     }
 
     /// The lookup body of the instances `keep` accepts.
@@ -174,10 +225,10 @@ impl ServiceView {
         let parts = self
             .instances
             .iter()
-            .zip(&encoded.json)
-            .filter(|(i, _)| keep(i))
-            .map(|(_, j)| j);
-        self.assemble(parts).0
+            .enumerate()
+            .filter(|(_, i)| keep(i))
+            .map(|(k, _)| encoded.json_ref(k));
+        self.assemble(parts, 0).0.freeze()
     }
 
     /// The SSE `snapshot` frame: every instance, any status.
@@ -188,11 +239,12 @@ impl ServiceView {
                 data.put_slice(b"{\"type\":\"snapshot\",\"service\":");
                 put_json_str(&mut data, &self.service);
                 data.put_slice(format!(",\"index\":{},\"instances\":[", self.index).as_bytes());
-                for (i, json) in self.encoded().json.iter().enumerate() {
-                    if i > 0 {
+                let encoded = self.encoded();
+                for k in 0..self.instances.len() {
+                    if k > 0 {
                         data.put_u8(b',');
                     }
-                    data.put_slice(json);
+                    data.put_slice(encoded.json_ref(k));
                 }
                 data.put_slice(b"]}");
                 sse_frame("snapshot", self.index, &data)
@@ -236,7 +288,7 @@ impl ServiceView {
     /// The JSON of the instance at `k`, if the view was encoded.
     #[cfg(test)]
     pub(crate) fn json_at(&self, k: usize) -> Option<Bytes> {
-        self.encoded.get().map(|e| e.json[k].clone())
+        self.encoded.get().map(|e| e.json(k))
     }
 
     /// What the view carries over from the previous one (until it is encoded).
@@ -560,7 +612,7 @@ impl Hub {
             // encoded if the old view was read, or what it carried itself if it was not (taken:
             // the old view is no longer current, and a late reader of it encodes afresh).
             let mut carried: Vec<Option<Bytes>> = match old.encoded.get() {
-                Some(e) => e.json.iter().cloned().map(Some).collect(),
+                Some(e) => (0..e.spans.len()).map(|k| Some(e.json(k))).collect(),
                 None => std::mem::take(&mut *old.carried.lock().unwrap_or_else(|p| p.into_inner())),
             };
             let carry = !carried.is_empty();

@@ -81,8 +81,29 @@ struct Encoded {
     buf: Bytes,
     /// The default answer's length: `buf[..answer_len]`.
     answer_len: usize,
-    /// Each instance's JSON in `buf`, by position: `(start, len)`.
-    spans: Vec<(u32, u32)>,
+    /// Each instance's JSON in `buf`, by position: [`Span`]s.
+    spans: Vec<Span>,
+}
+
+/// Where an instance's JSON lies in its view's buffer, in 8 bytes: the start in the low 40
+/// bits (1 TiB), the length in the high 24 (16 MiB; the field limits keep an instance's JSON
+/// far below that).
+#[derive(Clone, Copy, Default)]
+struct Span(u64);
+
+impl Span {
+    fn new(range: std::ops::Range<usize>) -> Span {
+        let start = (range.start as u64).min((1 << 40) - 1);
+        let len = (range.len() as u64).min((1 << 24) - 1);
+        Span(len << 40 | start)
+    }
+
+    /// The range, within `len` bytes whatever the span holds.
+    fn range(self, len: usize) -> std::ops::Range<usize> {
+        let start = usize::try_from(self.0 & ((1 << 40) - 1)).unwrap_or(usize::MAX);
+        let end = start.saturating_add(usize::try_from(self.0 >> 40).unwrap_or(0));
+        start.min(len)..end.min(len)
+    }
 }
 
 impl Encoded {
@@ -91,8 +112,7 @@ impl Encoded {
     }
 
     fn range(&self, k: usize) -> std::ops::Range<usize> {
-        let (start, len) = self.spans[k];
-        start as usize..start as usize + len as usize
+        self.spans[k].range(self.buf.len())
     }
 
     /// The JSON of the instance at `k`, shared.
@@ -163,21 +183,15 @@ impl ServiceView {
                 .sum();
             let (mut buf, ranges) = self.assemble(kept.iter().map(|&k| &json[k]), left_out);
             let answer_len = buf.len();
-            let span = |r: std::ops::Range<usize>| {
-                (
-                    u32::try_from(r.start).unwrap_or(u32::MAX),
-                    u32::try_from(r.len()).unwrap_or(0),
-                )
-            };
-            let mut spans = vec![(0, 0); json.len()];
+            let mut spans = vec![Span::default(); json.len()];
             for (&k, range) in kept.iter().zip(ranges) {
-                spans[k] = span(range);
+                spans[k] = Span::new(range);
             }
             for (k, part) in json.iter().enumerate() {
                 if !healthy(&k) {
                     let start = buf.len();
                     buf.put_slice(part);
-                    spans[k] = span(start..buf.len());
+                    spans[k] = Span::new(start..buf.len());
                 }
             }
             Encoded {

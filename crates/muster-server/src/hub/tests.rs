@@ -517,3 +517,13 @@ fn a_views_protobuf_messages_are_encoded_once_in_order_and_per_view() {
     // The old view still answers with what it was.
     assert_eq!(v1.protobuf(encode)[1], &b"a2@z1;"[..]);
 }
+
+#[test]
+fn a_span_keeps_its_range_and_never_reaches_past_the_buffer() {
+    for range in [0..0, 0..382, 4096..4478, (1 << 39)..(1 << 39) + 70_000] {
+        assert_eq!(Span::new(range.clone()).range(usize::MAX), range);
+    }
+    // A span beyond the buffer (none is built so) yields what lies within it.
+    assert_eq!(Span::new(100..300).range(200), 100..200);
+    assert_eq!(Span::new(300..400).range(200), 200..200);
+}

@@ -71,7 +71,8 @@ pub struct ServiceView {
     carried: Mutex<Vec<Option<Bytes>>>,
     encoded: OnceLock<Encoded>,
     snapshot_frame: OnceLock<Bytes>,
-    protobuf: OnceLock<Vec<Bytes>>,
+    /// The gRPC messages of the instances, one after the other, and where each ends.
+    protobuf: OnceLock<(Bytes, Vec<usize>)>,
 }
 
 /// A view's JSON, in one buffer: the default answer (its HEALTHY instances), then the JSON of
@@ -267,27 +268,23 @@ impl ServiceView {
     }
 
     /// Each instance's message in the gRPC API, by position, written by `encode` (which is
-    /// always the same function: only the first call's is used) on first use, as slices of
-    /// one buffer. Not carried over between views: a service read over gRPC is encoded again
-    /// once per change.
-    pub fn protobuf(&self, encode: impl Fn(&Instance, &mut BytesMut)) -> &[Bytes] {
-        self.protobuf.get_or_init(|| {
+    /// always the same function: only the first call's is used) on first use, one after the
+    /// other in one buffer. Not carried over between views: a service read over gRPC is
+    /// encoded again once per change.
+    pub fn protobuf(
+        &self,
+        encode: impl Fn(&Instance, &mut BytesMut),
+    ) -> impl ExactSizeIterator<Item = Bytes> + '_ {
+        let (buf, ends) = self.protobuf.get_or_init(|| {
             let mut buf = BytesMut::new();
             let mut ends = Vec::with_capacity(self.instances.len());
             for inst in &self.instances {
                 encode(inst, &mut buf);
                 ends.push(buf.len());
             }
-            let buf = buf.freeze();
-            let mut start = 0;
-            ends.into_iter()
-                .map(|end| {
-                    let message = buf.slice(start..end);
-                    start = end;
-                    message
-                })
-                .collect()
-        })
+            (buf.freeze(), ends)
+        });
+        (0..ends.len()).map(move |k| buf.slice(k.checked_sub(1).map_or(0, |p| ends[p])..ends[k]))
     }
 
     /// Instances by zone (`""` for none); computed on demand.

@@ -43,7 +43,9 @@ pub enum RenewError {
 struct Lease {
     service: ArcStr,
     deadline: u64,
-    ttl: u64,
+    /// Milliseconds (at most an hour, `MAX_LEASE_TTL_MS`: a `u32` holds 49 days), kept small
+    /// because the table holds one lease per instance.
+    ttl: u32,
     /// Modify index of the instance when it was last tracked; carried into `Expire`.
     modify_index: u64,
     /// Monotonic time of the last renewal (or of tracking).
@@ -52,14 +54,23 @@ struct Lease {
     condemned: bool,
 }
 
+/// A TTL as the table keeps it.
+fn ttl_ms(ttl: u64) -> u32 {
+    u32::try_from(ttl).unwrap_or(u32::MAX)
+}
+
 impl Lease {
+    fn ttl(&self) -> u64 {
+        u64::from(self.ttl)
+    }
+
     /// When the lease becomes at risk (half its TTL without a renewal; for a dead instance,
     /// when it was found dead).
     fn risk_at(&self) -> u64 {
         if self.condemned {
-            return self.deadline.saturating_sub(self.ttl / 2);
+            return self.deadline.saturating_sub(self.ttl() / 2);
         }
-        self.renewed_at.saturating_add(self.ttl / 2)
+        self.renewed_at.saturating_add(self.ttl() / 2)
     }
 }
 
@@ -156,7 +167,7 @@ impl LeaseTable {
         let lease = Lease {
             service,
             deadline: now.saturating_add(ttl),
-            ttl,
+            ttl: ttl_ms(ttl),
             modify_index,
             renewed_at: now,
             condemned: false,
@@ -179,14 +190,14 @@ impl LeaseTable {
         let key = key.clone();
         let lease = if live {
             Lease {
-                deadline: now.saturating_add(lease.ttl),
+                deadline: now.saturating_add(lease.ttl()),
                 renewed_at: now,
                 condemned: false,
                 ..lease.clone()
             }
         } else {
             Lease {
-                deadline: lease.deadline.min(now.saturating_add(lease.ttl / 2)),
+                deadline: lease.deadline.min(now.saturating_add(lease.ttl() / 2)),
                 condemned: true,
                 ..lease.clone()
             }
@@ -223,7 +234,7 @@ impl LeaseTable {
                     Lease {
                         service,
                         deadline,
-                        ttl,
+                        ttl: ttl_ms(ttl),
                         modify_index,
                         renewed_at,
                         condemned,
@@ -266,7 +277,7 @@ impl LeaseTable {
         }
         let key = key.clone();
         let lease = Lease {
-            deadline: now.saturating_add(lease.ttl),
+            deadline: now.saturating_add(lease.ttl()),
             renewed_at: now,
             ..lease.clone()
         };
@@ -295,7 +306,7 @@ impl LeaseTable {
         for (id, lease) in &mut self.leases {
             // A dead instance stays lapsed: its liveness check decided, not silence.
             if !lease.condemned {
-                lease.deadline = now.saturating_add(lease.ttl);
+                lease.deadline = now.saturating_add(lease.ttl());
                 lease.renewed_at = now;
             }
             self.by_deadline.insert((lease.deadline, id.clone()));
@@ -322,7 +333,7 @@ impl LeaseTable {
         for id in &lapsed {
             if let Some(lease) = self.leases.get(id) {
                 let lease = Lease {
-                    deadline: now.saturating_add(lease.ttl),
+                    deadline: now.saturating_add(lease.ttl()),
                     renewed_at: now,
                     ..lease.clone()
                 };

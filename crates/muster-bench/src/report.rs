@@ -244,45 +244,52 @@ pub(crate) fn table(r: &Results) -> String {
 pub(crate) fn spread(r: &Results) -> String {
     type Figure = fn(&SystemResults) -> f64;
     type Show = fn(f64) -> String;
-    let rows: [(&str, Figure, Show); 7] = [
-        ("registrations", |s| s.register.per_second, per_s),
-        ("renewals", |s| s.renew.per_second, per_s),
-        ("lookups", |s| s.lookup.per_second, per_s),
-        ("lookups over gRPC", |s| s.lookup_grpc.per_second, per_s),
+    // (name, figure, how it shows, whether etcd has it: it has no second lookup API)
+    let rows: [(&str, Figure, Show, bool); 7] = [
+        ("registrations", |s| s.register.per_second, per_s, true),
+        ("renewals", |s| s.renew.per_second, per_s, true),
+        ("lookups", |s| s.lookup.per_second, per_s, true),
+        (
+            "lookups over gRPC",
+            |s| s.lookup_grpc.per_second,
+            per_s,
+            false,
+        ),
         (
             "change → one watcher, p99",
             |s| s.watch.p99_us as f64,
             duration_us,
+            true,
         ),
         (
             "change → all watchers, p99",
             |s| s.fanout.all.p99_us as f64,
             duration_us,
+            true,
         ),
         (
             "detection, after the TTL",
             |s| s.detection.last_gone_after_renewal_ms - s.detection.ttl_ms as f64,
             |ms| duration_us(ms * 1000.0),
+            true,
         ),
     ];
-    let range =
-        |f: Figure, show: fn(f64) -> String, system: fn(&crate::Round) -> &SystemResults| {
-            let values: Vec<f64> = r.rounds.iter().map(|round| f(system(round))).collect();
-            let lo = values.iter().copied().fold(f64::INFINITY, f64::min);
-            let hi = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-            format!("{} – {}", show(lo), show(hi))
-        };
+    let range = |f: Figure, show: Show, system: fn(&crate::Round) -> &SystemResults| {
+        let values: Vec<f64> = r.rounds.iter().map(|round| f(system(round))).collect();
+        let lo = values.iter().copied().fold(f64::INFINITY, f64::min);
+        let hi = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        format!("{} – {}", show(lo), show(hi))
+    };
     let mut t = format!(
         "Range over the {} rounds (each row above is its workload's median round):\n\n",
         r.rounds.len()
     );
     t.push_str("| figure | Muster | etcd |\n|---|---|---|\n");
-    for (name, f, show) in rows {
-        // etcd has no second lookup API.
-        let etcd = if name == "lookups over gRPC" {
-            "–".to_string()
-        } else {
+    for (name, f, show, etcd_has_it) in rows {
+        let etcd = if etcd_has_it {
             range(f, show, |x| &x.etcd)
+        } else {
+            "–".to_string()
         };
         let _ = writeln!(t, "| {name} | {} | {etcd} |", range(f, show, |x| &x.muster));
     }

@@ -123,7 +123,7 @@ impl Registration {
             .timeout(config.request_timeout)
             .build()
             .map_err(|e| RegistrationError::Invalid(e.to_string()))?;
-        let interval = Duration::from_millis(spec.lease_ttl / 3);
+        let interval = Duration::from_millis(spec.lease_ttl() / 3);
         let shared = Arc::new(Shared {
             id: spec.instance_id.to_string(),
             config,

@@ -549,13 +549,16 @@ impl View {
         let mut tiers: [Vec<Endpoint>; 3] = Default::default();
         for e in endpoints {
             let spec = &e.instance.spec;
-            let visible = spec.deployment_group.is_empty()
-                || config.groups.iter().any(|g| **g == *spec.deployment_group);
+            let visible = spec.deployment_group().is_empty()
+                || config
+                    .groups
+                    .iter()
+                    .any(|g| **g == *spec.deployment_group());
             if e.instance.status != Status::Healthy || spec.weight == 0 || !visible {
                 continue;
             }
-            let same_region = loc.region.is_empty() || *spec.region == *loc.region;
-            let tier = if (loc.zone.is_empty() || *spec.zone == *loc.zone) && same_region {
+            let same_region = loc.region.is_empty() || *spec.region() == *loc.region;
+            let tier = if (loc.zone.is_empty() || *spec.zone() == *loc.zone) && same_region {
                 0
             } else if same_region {
                 1

@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::Arc;
 
 use arcstr::ArcStr;
 use serde::{Deserialize, Serialize};
@@ -365,52 +366,224 @@ impl ValidationError {
 
 /// The validated, caller-controlled part of an instance.
 ///
-/// In JSON, an optional field at its empty default (`""`, `[]`, `{}`, no check) is left out,
-/// and read back as that default.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
+/// An instance's own fields are its id, host, port, weight and checks. The rest (service,
+/// labels, tags, metadata, lease length) is what the instances of one deployment have in
+/// common: a [`Profile`] behind one pointer, which the registry shares among every instance
+/// with the same one (a thousand pods of a deployment in three zones hold three profiles).
+///
+/// In JSON the spec is flat (`service`, `instanceId`, `host`, `port`, `zone`, ...); an optional
+/// field at its empty default (`""`, `[]`, `{}`, no check) is left out, and read back as that
+/// default.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct InstanceSpec {
-    /// Service name.
-    pub service: ArcStr,
     /// Unique instance id.
     pub instance_id: ArcStr,
     /// IP literal or host name.
     pub host: ArcStr,
     /// TCP port.
     pub port: u16,
-    /// Availability zone ("" when not given).
-    #[serde(default, skip_serializing_if = "str_is_empty")]
-    pub zone: ArcStr,
-    /// Region ("" when not given).
-    #[serde(default, skip_serializing_if = "str_is_empty")]
-    pub region: ArcStr,
-    /// Version ("" when not given).
-    #[serde(default, skip_serializing_if = "str_is_empty")]
-    pub version: ArcStr,
     /// Relative weight; 0 = listed but never picked.
     pub weight: u32,
+    pub(crate) profile: Arc<Profile>,
+    /// Boxed: most instances have none, and every instance is kept in memory.
+    pub(crate) checks: Option<Box<Checks>>,
+}
+
+/// What the instances of one deployment usually have in common.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct Profile {
+    pub(crate) service: ArcStr,
+    pub(crate) zone: ArcStr,
+    pub(crate) region: ArcStr,
+    pub(crate) version: ArcStr,
+    pub(crate) deployment_group: ArcStr,
+    pub(crate) protocol: ArcStr,
+    pub(crate) tags: Box<[ArcStr]>,
+    pub(crate) metadata: Metadata,
+    pub(crate) lease_ttl: u64,
+}
+
+/// An instance's checks (at least one of them).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Checks {
+    readiness: Option<Check>,
+    liveness: Option<Check>,
+}
+
+impl InstanceSpec {
+    /// Service name.
+    pub fn service(&self) -> &ArcStr {
+        &self.profile.service
+    }
+
+    /// Availability zone ("" when not given).
+    pub fn zone(&self) -> &ArcStr {
+        &self.profile.zone
+    }
+
+    /// Region ("" when not given).
+    pub fn region(&self) -> &ArcStr {
+        &self.profile.region
+    }
+
+    /// Version ("" when not given).
+    pub fn version(&self) -> &ArcStr {
+        &self.profile.version
+    }
+
     /// Deployment group ("" when not given).
-    #[serde(default, skip_serializing_if = "str_is_empty")]
-    pub deployment_group: ArcStr,
+    pub fn deployment_group(&self) -> &ArcStr {
+        &self.profile.deployment_group
+    }
+
     /// Application protocol ("" when not given).
-    #[serde(default, skip_serializing_if = "str_is_empty")]
-    pub protocol: ArcStr,
+    pub fn protocol(&self) -> &ArcStr {
+        &self.profile.protocol
+    }
+
     /// Tags.
-    #[serde(default, skip_serializing_if = "slice_is_empty")]
-    pub tags: Box<[ArcStr]>,
+    pub fn tags(&self) -> &[ArcStr] {
+        &self.profile.tags
+    }
+
     /// Metadata.
-    #[serde(default, skip_serializing_if = "Metadata::is_empty")]
-    pub metadata: Metadata,
-    /// Readiness check, if any (boxed: most instances have none, and every instance is kept in
-    /// memory).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub check: Option<Box<Check>>,
+    pub fn metadata(&self) -> &Metadata {
+        &self.profile.metadata
+    }
+
+    /// Lease length in milliseconds.
+    pub fn lease_ttl(&self) -> u64 {
+        self.profile.lease_ttl
+    }
+
+    /// Readiness check, if any.
+    pub fn check(&self) -> Option<&Check> {
+        self.checks.as_ref().and_then(|c| c.readiness.as_ref())
+    }
+
     /// Liveness check, if any (always probed: never `ttl`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub liveness_check: Option<Box<Check>>,
-    /// Lease length.
+    pub fn liveness_check(&self) -> Option<&Check> {
+        self.checks.as_ref().and_then(|c| c.liveness.as_ref())
+    }
+
+    fn from_form(f: SpecForm) -> Self {
+        let checks = (f.check.is_some() || f.liveness_check.is_some()).then(|| {
+            Box::new(Checks {
+                readiness: f.check,
+                liveness: f.liveness_check,
+            })
+        });
+        InstanceSpec {
+            instance_id: f.instance_id,
+            host: f.host,
+            port: f.port,
+            weight: f.weight,
+            profile: Arc::new(Profile {
+                service: f.service,
+                zone: f.zone,
+                region: f.region,
+                version: f.version,
+                deployment_group: f.deployment_group,
+                protocol: f.protocol,
+                tags: f.tags,
+                metadata: f.metadata,
+                lease_ttl: f.lease_ttl,
+            }),
+            checks,
+        }
+    }
+}
+
+/// The JSON form of an [`InstanceSpec`], read.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct SpecForm {
+    service: ArcStr,
+    instance_id: ArcStr,
+    host: ArcStr,
+    port: u16,
+    #[serde(default)]
+    zone: ArcStr,
+    #[serde(default)]
+    region: ArcStr,
+    #[serde(default)]
+    version: ArcStr,
+    weight: u32,
+    #[serde(default)]
+    deployment_group: ArcStr,
+    #[serde(default)]
+    protocol: ArcStr,
+    #[serde(default)]
+    tags: Box<[ArcStr]>,
+    #[serde(default)]
+    metadata: Metadata,
+    #[serde(default)]
+    check: Option<Check>,
+    #[serde(default)]
+    liveness_check: Option<Check>,
     #[serde(with = "duration_ms")]
-    pub lease_ttl: u64,
+    lease_ttl: u64,
+}
+
+/// The JSON form of an [`InstanceSpec`], written: the same fields in the same order.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct SpecRef<'a> {
+    service: &'a str,
+    instance_id: &'a str,
+    host: &'a str,
+    port: u16,
+    #[serde(skip_serializing_if = "str_is_empty")]
+    zone: &'a str,
+    #[serde(skip_serializing_if = "str_is_empty")]
+    region: &'a str,
+    #[serde(skip_serializing_if = "str_is_empty")]
+    version: &'a str,
+    weight: u32,
+    #[serde(skip_serializing_if = "str_is_empty")]
+    deployment_group: &'a str,
+    #[serde(skip_serializing_if = "str_is_empty")]
+    protocol: &'a str,
+    #[serde(skip_serializing_if = "slice_is_empty")]
+    tags: &'a [ArcStr],
+    #[serde(skip_serializing_if = "Metadata::is_empty")]
+    metadata: &'a Metadata,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    check: Option<&'a Check>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    liveness_check: Option<&'a Check>,
+    #[serde(with = "duration_ms")]
+    lease_ttl: u64,
+}
+
+impl Serialize for InstanceSpec {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let p = &*self.profile;
+        SpecRef {
+            service: &p.service,
+            instance_id: &self.instance_id,
+            host: &self.host,
+            port: self.port,
+            zone: &p.zone,
+            region: &p.region,
+            version: &p.version,
+            weight: self.weight,
+            deployment_group: &p.deployment_group,
+            protocol: &p.protocol,
+            tags: &p.tags,
+            metadata: &p.metadata,
+            check: self.check(),
+            liveness_check: self.liveness_check(),
+            lease_ttl: p.lease_ttl,
+        }
+        .serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for InstanceSpec {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        SpecForm::deserialize(deserializer).map(InstanceSpec::from_form)
+    }
 }
 
 /// An instance's metadata: keys to values, ordered by key, serialized as a JSON object.
@@ -419,7 +592,7 @@ pub struct InstanceSpec {
 /// entries (about 550 bytes for `String` pairs), instances carry a handful, and every instance
 /// is kept in memory (the registry, the Raft log's tail). With one entry this takes 16 bytes;
 /// the registry shares the strings among instances.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
 pub struct Metadata(Box<[(ArcStr, ArcStr)]>);
 
 impl Metadata {
@@ -516,11 +689,11 @@ pub struct Instance {
     pub modify_index: u64,
 }
 
-fn str_is_empty(s: &ArcStr) -> bool {
+fn str_is_empty(s: &&str) -> bool {
     s.is_empty()
 }
 
-fn slice_is_empty<T>(s: &[T]) -> bool {
+fn slice_is_empty<T>(s: &&[T]) -> bool {
     s.is_empty()
 }
 
@@ -684,7 +857,7 @@ impl RegisterRequest {
                 }
             },
         };
-        let spec = InstanceSpec {
+        let spec = InstanceSpec::from_form(SpecForm {
             service: service.into(),
             instance_id: instance_id.into(),
             host: host.into(),
@@ -697,10 +870,10 @@ impl RegisterRequest {
             protocol: protocol.into(),
             tags: tags.into_iter().map(ArcStr::from).collect(),
             metadata: Metadata::from(metadata),
-            check: check.map(Box::new),
-            liveness_check: liveness_check.map(Box::new),
+            check,
+            liveness_check,
             lease_ttl,
-        };
+        });
         Ok((spec, want_healthy))
     }
 }

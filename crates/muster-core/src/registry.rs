@@ -425,7 +425,7 @@ impl Registry {
                     let reason = format!(
                         "lease expired: no heartbeat within {}",
                         humantime::format_duration(std::time::Duration::from_millis(
-                            inst.spec.lease_ttl
+                            inst.spec.lease_ttl()
                         ))
                     );
                     if self
@@ -451,10 +451,10 @@ impl Registry {
     ) -> Result<Applied, ApplyError> {
         let index = self.index;
         if let Some(existing) = self.instances.get(&spec.instance_id) {
-            if existing.spec.service != spec.service {
+            if existing.spec.service() != spec.service() {
                 return Err(ApplyError::IdConflict {
                     instance_id: spec.instance_id.to_string(),
-                    existing_service: existing.spec.service.to_string(),
+                    existing_service: existing.spec.service().to_string(),
                 });
             }
             let mut next = Instance::clone(existing);
@@ -497,7 +497,7 @@ impl Registry {
         }
         let in_service = self
             .services
-            .get(&spec.service)
+            .get(spec.service())
             .map_or(0, |s| s.instances.len());
         if in_service >= limits.max_instances_per_service as usize {
             return Err(ApplyError::LimitExceeded {
@@ -567,11 +567,7 @@ impl Registry {
                 );
             }
             (Status::Draining | Status::Starting, Status::Healthy) => {
-                let no_active_check = next
-                    .spec
-                    .check
-                    .as_deref()
-                    .is_none_or(|c| !c.kind.is_probed());
+                let no_active_check = next.spec.check().is_none_or(|c| !c.kind.is_probed());
                 if next.status == Status::Starting && !no_active_check {
                     return Err(ApplyError::InvalidTransition {
                         from: Status::Starting,
@@ -665,7 +661,7 @@ impl Registry {
         let existing = self.existing(id)?;
         // A verdict that was on its way while the instance re-registered without a liveness
         // check is stale: nothing would ever say it is alive again.
-        if existing.live == live || existing.spec.liveness_check.is_none() {
+        if existing.live == live || existing.spec.liveness_check().is_none() {
             return Ok(Applied::Updated {
                 instance: existing.clone(),
             });
@@ -693,7 +689,7 @@ impl Registry {
         let instance = Arc::new(instance);
         let svc = self
             .services
-            .entry(instance.spec.service.clone())
+            .entry(instance.spec.service().clone())
             .or_default();
         svc.modify_index = self.index;
         svc.instances.insert(instance.spec.instance_id.clone());
@@ -725,7 +721,7 @@ impl Registry {
         transition(&mut gone, status, reason, at);
         gone.ready = false;
         gone.modify_index = self.index;
-        let service = &gone.spec.service;
+        let service = gone.spec.service();
         if let Some(svc) = self.services.get_mut(&**service) {
             svc.instances.remove(id);
             svc.modify_index = self.index;
@@ -779,7 +775,7 @@ impl Registry {
             reg.strings.spec(&mut inst.spec);
             reg.strings.reason(&mut inst);
             let inst = Arc::new(inst);
-            let svc = reg.services.entry(inst.spec.service.clone()).or_default();
+            let svc = reg.services.entry(inst.spec.service().clone()).or_default();
             svc.instances.insert(inst.spec.instance_id.clone());
             if inst.modify_index > form.index {
                 return Err(SnapshotError(format!(

@@ -4,7 +4,9 @@
 //! 64, then by one lookup of every service. Without Raft, storage or HTTP; docs/benchmarks.md
 //! has the whole server's figure.
 //!
-//! `cargo run --release -p muster-server --example memory`
+//! `cargo run --release -p muster-server --example memory`; with `-- unique`, each instance's
+//! metadata also names the instance (`"pod": <its id>`), so no two instances share a profile
+//! (the registry's worst case).
 
 use muster_core::{Command, Limits, RegisterRequest, Registry};
 use muster_server::hub::Hub;
@@ -24,15 +26,20 @@ fn live() -> isize {
 fn main() {
     const N: usize = 100_000;
     const SERVICES: usize = 1000;
+    let unique = std::env::args().nth(1).as_deref() == Some("unique");
     // Made one at a time and dropped once applied, as the server drops log entries: what the
     // registry keeps of a command (its id, host, ...) counts, the rest does not.
     let command = |i: usize| {
         let svc = format!("svc-{}", i % SERVICES);
         let req: RegisterRequest = serde_json::from_value(serde_json::json!({
-            "service": svc, "instanceId": format!("{svc}-{i}"), "host": "10.1.2.3",
-            "port": 8080, "zone": "bench-a", "region": "bench", "version": "1.0.0",
-            "weight": 100, "status": "HEALTHY", "leaseTtl": "30000ms",
-            "metadata": {"team": "bench"}}))
+        "service": svc, "instanceId": format!("{svc}-{i}"), "host": "10.1.2.3",
+        "port": 8080, "zone": "bench-a", "region": "bench", "version": "1.0.0",
+        "weight": 100, "status": "HEALTHY", "leaseTtl": "30000ms",
+        "metadata": if unique {
+            serde_json::json!({"team": "bench", "pod": format!("{svc}-{i}")})
+        } else {
+            serde_json::json!({"team": "bench"})
+        }}))
         .unwrap();
         let (spec, want_healthy) = req.validate().unwrap();
         Command::Register {

@@ -64,8 +64,8 @@ impl Role {
     /// The instance's check for this role, if it is probed.
     fn check(self, inst: &Instance) -> Option<&Check> {
         match self {
-            Role::Readiness => inst.spec.check.as_deref(),
-            Role::Liveness => inst.spec.liveness_check.as_deref(),
+            Role::Readiness => inst.spec.check(),
+            Role::Liveness => inst.spec.liveness_check(),
         }
         .filter(|c| c.kind.is_probed())
     }

@@ -380,7 +380,7 @@ pub(super) async fn renew_local(
     // when it says so; it may still take itself out.
     let probed = app.raft.read(|r| {
         r.get(id)
-            .and_then(|i| i.spec.check.as_deref())
+            .and_then(|i| i.spec.check())
             .is_some_and(|c| c.kind.is_probed())
     });
     if let Some(ready) = ready.filter(|r| !probed || !*r) {
@@ -586,17 +586,20 @@ impl Filter {
 
     fn keep(&self, i: &Instance) -> bool {
         self.status.is_none_or(|s| i.status == s)
-            && self.zone.as_ref().is_none_or(|z| *i.spec.zone == **z)
-            && self.region.as_ref().is_none_or(|r| *i.spec.region == **r)
+            && self.zone.as_ref().is_none_or(|z| *i.spec.zone() == **z)
+            && self.region.as_ref().is_none_or(|r| *i.spec.region() == **r)
             && self
                 .group
                 .as_ref()
-                .is_none_or(|g| *i.spec.deployment_group == **g)
-            && self.version.as_ref().is_none_or(|v| *i.spec.version == **v)
+                .is_none_or(|g| *i.spec.deployment_group() == **g)
+            && self
+                .version
+                .as_ref()
+                .is_none_or(|v| *i.spec.version() == **v)
             && self
                 .tag
                 .iter()
-                .all(|t| i.spec.tags.iter().any(|x| **x == **t))
+                .all(|t| i.spec.tags().iter().any(|x| **x == **t))
     }
 }
 

@@ -291,7 +291,7 @@ impl ServiceView {
     pub fn zones(&self) -> BTreeMap<String, u64> {
         let mut zones = BTreeMap::new();
         for i in &self.instances {
-            *zones.entry(i.spec.zone.to_string()).or_insert(0) += 1;
+            *zones.entry(i.spec.zone().to_string()).or_insert(0) += 1;
         }
         zones
     }
@@ -602,7 +602,7 @@ impl Hub {
         let mut by_service: BTreeMap<&str, Vec<&Event>> = BTreeMap::new();
         for ev in events {
             by_service
-                .entry(ev.instance.spec.service.as_str())
+                .entry(ev.instance.spec.service().as_str())
                 .or_default()
                 .push(ev);
         }

@@ -152,21 +152,25 @@ impl Leases {
         {
             let mut table = self.lock();
             let current = |id: &str| {
-                registry
-                    .get(id)
-                    .map(|i| (i.spec.service.as_str(), i.spec.lease_ttl, i.modify_index))
+                registry.get(id).map(|i| {
+                    (
+                        i.spec.service().as_str(),
+                        i.spec.lease_ttl(),
+                        i.modify_index,
+                    )
+                })
             };
             for ev in events {
                 let id = &ev.instance.spec.instance_id;
                 if table.info(id).is_none() && ev.kind == EventKind::Upsert {
-                    earliest = earliest.min(now.saturating_add(ev.instance.spec.lease_ttl));
+                    earliest = earliest.min(now.saturating_add(ev.instance.spec.lease_ttl()));
                 }
                 table.reconcile(id, current(id), false, now);
             }
             for inst in registered {
                 let id = &inst.spec.instance_id;
                 table.reconcile(id, current(id), true, now);
-                earliest = earliest.min(now.saturating_add(inst.spec.lease_ttl));
+                earliest = earliest.min(now.saturating_add(inst.spec.lease_ttl()));
             }
             // Liveness last: a registration earlier in the batch restarts the lease, and must
             // not undo a failed liveness check applied after it.
@@ -189,8 +193,8 @@ impl Leases {
         for inst in registry.instances() {
             table.track(
                 &inst.spec.instance_id,
-                &inst.spec.service,
-                inst.spec.lease_ttl,
+                inst.spec.service(),
+                inst.spec.lease_ttl(),
                 inst.modify_index,
                 now,
             );

@@ -216,7 +216,11 @@ fn print_written(json: bool, v: &Value, verb: &str) -> anyhow::Result<()> {
     let i = &r.instance;
     println!(
         "{verb} {} ({}) at index {}: {} — {}",
-        i.spec.instance_id, i.spec.service, r.index, i.status, i.status_reason
+        i.spec.instance_id,
+        i.spec.service(),
+        r.index,
+        i.status,
+        i.status_reason
     );
     Ok(())
 }
@@ -340,10 +344,10 @@ fn instance_table(instances: &[Instance]) -> String {
                 i.spec.instance_id.to_string(),
                 i.status.to_string(),
                 format!("{}:{}", i.spec.host, i.spec.port),
-                dash(&i.spec.zone),
-                dash(&i.spec.version),
+                dash(i.spec.zone()),
+                dash(i.spec.version()),
                 i.spec.weight.to_string(),
-                dash(&i.spec.deployment_group),
+                dash(i.spec.deployment_group()),
             ]
         })
         .collect();

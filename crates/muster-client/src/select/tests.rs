@@ -127,7 +127,7 @@ fn the_nearest_tier_wins_and_regions_are_crossed_only_when_allowed() {
         .iter()
         .map(|e| {
             let mut i = Instance::clone(e.instance());
-            if &*i.spec.zone == "a1" {
+            if i.spec.zone().as_str() == "a1" {
                 i.status = Status::Draining;
             }
             e.updated(Arc::new(i))

@@ -14,11 +14,11 @@ fn err(json: &str) -> ValidationError {
 fn the_design_example_validates() {
     let (spec, healthy) = req(DESIGN_EXAMPLE).validate().expect("valid");
     assert!(!healthy);
-    assert_eq!(&*spec.service, "inventory-api");
+    assert_eq!(spec.service().as_str(), "inventory-api");
     assert_eq!(spec.port, 8080);
     assert_eq!(spec.weight, 100);
-    assert_eq!(spec.lease_ttl, DEFAULT_LEASE_TTL_MS);
-    let check = spec.check.expect("healthEndpoint becomes a check");
+    assert_eq!(spec.lease_ttl(), DEFAULT_LEASE_TTL_MS);
+    let check = spec.check().expect("healthEndpoint becomes a check");
     assert_eq!(check.kind, CheckKind::Http);
     assert_eq!(check.target, "/health/ready");
 }
@@ -278,7 +278,7 @@ fn expected_status_ranges() {
     let check = |status: &str| {
         req(&format!("{base}{status}}}}}"))
             .validate()
-            .map(|(spec, _)| spec.check.expect("a check").expected_status)
+            .map(|(spec, _)| spec.check().expect("a check").expected_status)
     };
     assert_eq!(check(r#""200-299""#), Ok(StatusRange { lo: 200, hi: 299 }));
     assert_eq!(check(r#""204""#), Ok(StatusRange { lo: 204, hi: 204 }));

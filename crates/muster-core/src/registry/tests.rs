@@ -652,13 +652,12 @@ fn repeated_strings_are_stored_once_and_ids_are_not_copied() {
     h.apply(register("pay", "p1", true)).unwrap();
     let shared = |reg: &Registry| {
         let (a, b) = (reg.get("p1").unwrap(), reg.get("p2").unwrap());
-        for (x, y) in [
-            (&a.spec.service, &b.spec.service),
-            (&a.spec.zone, &b.spec.zone),
-            (&a.status_reason, &b.status_reason),
-        ] {
-            assert!(ArcStr::ptr_eq(x, y), "{x:?} is stored twice");
-        }
+        assert!(
+            Arc::ptr_eq(&a.spec.profile, &b.spec.profile),
+            "{:?} is stored twice",
+            a.spec.profile
+        );
+        assert!(ArcStr::ptr_eq(&a.status_reason, &b.status_reason));
         // The registry's keys are the instances' own ids.
         let (key, inst) = reg.instances.get_key_value("p1").unwrap();
         assert!(ArcStr::ptr_eq(key, &inst.spec.instance_id));
@@ -667,4 +666,23 @@ fn repeated_strings_are_stored_once_and_ids_are_not_copied() {
     };
     shared(&h.reg);
     shared(&Registry::restore(&h.reg.snapshot()).unwrap());
+
+    // Another zone: a profile of its own, the strings it has in common shared.
+    let mut other = spec("pay", "p3", false);
+    Arc::make_mut(&mut other.profile).zone = "z2".into();
+    other.weight = 7;
+    h.apply(Command::Register {
+        spec: other,
+        want_healthy: true,
+        limits: Limits::default(),
+        revive: false,
+        at: 1,
+    })
+    .unwrap();
+    let (p1, p3) = (h.reg.get("p1").unwrap(), h.reg.get("p3").unwrap());
+    assert!(!Arc::ptr_eq(&p1.spec.profile, &p3.spec.profile));
+    assert!(ArcStr::ptr_eq(p1.spec.service(), p3.spec.service()));
+    assert_eq!((&**p3.spec.zone(), p3.spec.weight), ("z2", 7));
+    // A weight of its own does not make a profile: p2 and p3's first registration agree.
+    assert_eq!(h.reg.strings.profiles(), 2);
 }

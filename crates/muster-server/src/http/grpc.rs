@@ -125,25 +125,25 @@ fn check(c: &Check) -> pb::Check {
 fn instance(i: &Instance) -> pb::Instance {
     let s = &i.spec;
     pb::Instance {
-        service: s.service.to_string(),
+        service: s.service().to_string(),
         instance_id: s.instance_id.to_string(),
         host: s.host.to_string(),
         port: u32::from(s.port),
-        zone: s.zone.to_string(),
-        region: s.region.to_string(),
-        version: s.version.to_string(),
+        zone: s.zone().to_string(),
+        region: s.region().to_string(),
+        version: s.version().to_string(),
         weight: s.weight,
-        deployment_group: s.deployment_group.to_string(),
-        protocol: s.protocol.to_string(),
-        tags: s.tags.iter().map(|t| t.to_string()).collect(),
+        deployment_group: s.deployment_group().to_string(),
+        protocol: s.protocol().to_string(),
+        tags: s.tags().iter().map(|t| t.to_string()).collect(),
         metadata: s
-            .metadata
+            .metadata()
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect(),
-        check: s.check.as_deref().map(check),
-        liveness_check: s.liveness_check.as_deref().map(check),
-        lease_ttl: duration(s.lease_ttl),
+        check: s.check().map(check),
+        liveness_check: s.liveness_check().map(check),
+        lease_ttl: duration(s.lease_ttl()),
         status: i.status.as_str().to_string(),
         status_reason: i.status_reason.to_string(),
         ready: i.ready,

@@ -84,8 +84,8 @@ fn pre_encoded_bodies_equal_what_serde_would_write() {
         expect(&|i| i.status == Status::Healthy).as_slice()
     );
     assert_eq!(
-        view.body(|i| &*i.spec.zone == "z1").as_ref(),
-        expect(&|i| &*i.spec.zone == "z1").as_slice()
+        view.body(|i| i.spec.zone().as_str() == "z1").as_ref(),
+        expect(&|i| i.spec.zone().as_str() == "z1").as_slice()
     );
     let frame = view.snapshot_frame();
     let text = std::str::from_utf8(&frame).unwrap();
@@ -157,7 +157,7 @@ fn a_read_service_holds_its_json_once() {
         );
     }
     // A filtered answer is built per request and shares nothing.
-    let z2 = v2.body(|i| &*i.spec.zone == "z2");
+    let z2 = v2.body(|i| i.spec.zone().as_str() == "z2");
     assert!(!inside(&z2, &v2.json_at(1).unwrap()));
     // The history still answers a resuming watcher (the old version encoded again).
     let frames = match w.hub.slot("a").unwrap().since(0, u64::MAX, 0) {
@@ -499,7 +499,7 @@ fn a_views_protobuf_messages_are_encoded_once_in_order_and_per_view() {
     // A stand-in encoder: the instance's id and zone, so each slice says whose it is.
     let encode = |i: &Instance, buf: &mut BytesMut| {
         calls.set(calls.get() + 1);
-        buf.put_slice(format!("{}@{};", i.spec.instance_id, i.spec.zone).as_bytes());
+        buf.put_slice(format!("{}@{};", i.spec.instance_id, i.spec.zone()).as_bytes());
     };
     let v1 = w.hub.slot("a").unwrap().view();
     let first: Vec<Bytes> = v1.protobuf(encode).collect();

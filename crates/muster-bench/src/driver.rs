@@ -21,10 +21,11 @@ use tokio::sync::mpsc;
 
 use crate::etcdpb;
 
-/// Events a watcher received in one read: the highest index (Muster) or revision (etcd) among
-/// them, and how many were upserts and deletes.
+/// Events a watcher received in one read: which watcher, the highest index (Muster) or
+/// revision (etcd) among them, and how many were upserts and deletes.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Seen {
+    pub(crate) watcher: u64,
     pub(crate) index: u64,
     pub(crate) upserts: u32,
     pub(crate) deletes: u32,
@@ -73,12 +74,15 @@ pub(crate) trait Driver: Clone + Send + Sync + 'static {
     /// watchers, as separate processes would be).
     fn own_client(&self) -> impl Future<Output = anyhow::Result<Self>> + Send;
 
-    /// Watches `services`; returns once the watch is established. Events after that arrive on
-    /// the receiver; dropping it ends the watch.
+    /// Watches `services` as `watcher`; returns once the watch is established. Events after
+    /// that go to `tx` (straight from the task reading the stream: many watchers share one
+    /// channel, with no task in between); dropping the receiver ends the watch.
     fn watch(
         &self,
         services: &[String],
-    ) -> impl Future<Output = anyhow::Result<mpsc::UnboundedReceiver<Seen>>> + Send;
+        watcher: u64,
+        tx: mpsc::UnboundedSender<Seen>,
+    ) -> impl Future<Output = anyhow::Result<()>> + Send;
 }
 
 /// Renews leases.
@@ -355,7 +359,12 @@ impl Driver for Muster {
         Muster::new(&self.base)
     }
 
-    async fn watch(&self, services: &[String]) -> anyhow::Result<mpsc::UnboundedReceiver<Seen>> {
+    async fn watch(
+        &self,
+        services: &[String],
+        watcher: u64,
+        tx: mpsc::UnboundedSender<Seen>,
+    ) -> anyhow::Result<()> {
         let query = {
             let mut query = form_urlencoded::Serializer::new(String::new());
             for service in services {
@@ -382,7 +391,6 @@ impl Driver for Muster {
                 snapshots += usize::from(frame.event == "snapshot");
             }
         }
-        let (tx, rx) = mpsc::unbounded_channel();
         tokio::spawn(async move {
             // Ends (closing the connection) once the receiver is dropped.
             while let Some(Ok(chunk)) = tokio::select! {
@@ -394,6 +402,7 @@ impl Driver for Muster {
                     return;
                 }
                 let mut seen = Seen {
+                    watcher,
                     index: 0,
                     upserts: 0,
                     deletes: 0,
@@ -412,7 +421,7 @@ impl Driver for Muster {
                 }
             }
         });
-        Ok(rx)
+        Ok(())
     }
 }
 
@@ -569,7 +578,12 @@ impl Driver for Etcd {
         })
     }
 
-    async fn watch(&self, services: &[String]) -> anyhow::Result<mpsc::UnboundedReceiver<Seen>> {
+    async fn watch(
+        &self,
+        services: &[String],
+        watcher: u64,
+        tx: mpsc::UnboundedSender<Seen>,
+    ) -> anyhow::Result<()> {
         let (req_tx, req_rx) = mpsc::channel(services.len().max(1));
         for service in services {
             let (key, range_end) = prefix_range(service);
@@ -597,7 +611,6 @@ impl Driver for Etcd {
             }
             created += usize::from(resp.created);
         }
-        let (tx, rx) = mpsc::unbounded_channel();
         tokio::spawn(async move {
             let _keep_open = req_tx; // the request stream stays open while watching
             while let Ok(Some(resp)) = tokio::select! {
@@ -606,6 +619,7 @@ impl Driver for Etcd {
             } {
                 let at = Instant::now();
                 let mut seen = Seen {
+                    watcher,
                     index: 0,
                     upserts: 0,
                     deletes: 0,
@@ -625,7 +639,7 @@ impl Driver for Etcd {
                 }
             }
         });
-        Ok(rx)
+        Ok(())
     }
 }
 

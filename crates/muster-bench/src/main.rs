@@ -442,7 +442,7 @@ where
         eprintln!("  watch: p99 {} µs", r.watch.p99_us);
     }
     if runs(Workload::Fanout) {
-        r.fanout = workload::fanout(&d, p.watchers, p.fanout_changes).await?;
+        r.fanout = workload::fanout(&d, p.watchers, p.fanout_changes, || server.cpu_ms()).await?;
         eprintln!("  fan-out: all watchers p99 {} µs", r.fanout.all.p99_us);
     }
     if runs(Workload::Detection) {

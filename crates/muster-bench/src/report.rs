@@ -168,9 +168,13 @@ pub(crate) fn table(r: &Results) -> String {
         m.watch.p99_us <= 1000,
     );
     let fan = |f: &crate::stats::Fanout| {
+        let (server, generator) = f.cpu_ms_per_change;
         format!(
-            "{}{}",
+            "{}{}{}",
             p50_p99(&f.all),
+            note(server > 0.0, || format!(
+                "; CPU per change: server {server:.1} ms, generator {generator:.1} ms"
+            )),
             note(f.missed > 0, || format!(", {} changes missed", f.missed))
         )
     };

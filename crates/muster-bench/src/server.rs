@@ -136,10 +136,7 @@ impl Server {
     /// CPU time the server has used so far (user and system, every thread, living or not), in
     /// milliseconds.
     pub(crate) fn cpu_ms(&self) -> anyhow::Result<f64> {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid))?;
-        cpu_ticks(&stat)
-            .map(|ticks| ticks as f64 * 1000.0 / USER_HZ)
-            .with_context(|| format!("unreadable /proc/{}/stat", self.pid))
+        process_cpu_ms(self.pid)
     }
 
     /// Stops the server and removes its data.
@@ -148,6 +145,15 @@ impl Server {
         self.child.wait().await?;
         Ok(())
     }
+}
+
+/// CPU time process `pid` has used so far (user and system, every thread, living or not), in
+/// milliseconds.
+pub(crate) fn process_cpu_ms(pid: u32) -> anyhow::Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    cpu_ticks(&stat)
+        .map(|ticks| ticks as f64 * 1000.0 / USER_HZ)
+        .with_context(|| format!("unreadable /proc/{pid}/stat"))
 }
 
 /// Clock ticks per second of `/proc/<pid>/stat` times: `USER_HZ`, fixed at 100 by the

@@ -110,6 +110,9 @@ pub(crate) struct Fanout {
     pub(crate) all: Latency,
     /// From sending the write until each watcher had it.
     pub(crate) each: Latency,
+    /// CPU time over the changes (the server's, the generator's), per change, in ms.
+    #[serde(default)]
+    pub(crate) cpu_ms_per_change: (f64, f64),
 }
 
 /// A client holding instances is killed: how long until a watcher saw all of them gone.

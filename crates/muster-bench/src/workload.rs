@@ -253,7 +253,8 @@ async fn seen_upsert(rx: &mut mpsc::UnboundedReceiver<Seen>, index: u64) -> Opti
 pub(crate) async fn watch<D: Driver>(d: &D, changes: u64) -> anyhow::Result<Latency> {
     let ttl = Duration::from_secs(3600);
     let lease = within(d.register("watch-0", "watch-0", 1, ttl)).await?;
-    let mut rx = within(d.watch(&["watch-0".into()])).await?;
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    within(d.watch(&["watch-0".into()], 0, tx)).await?;
     let progress = Progress::start("watch".into(), Some(changes));
     let mut lat = Vec::new();
     for i in 0..changes {
@@ -270,32 +271,26 @@ pub(crate) async fn watch<D: Driver>(d: &D, changes: u64) -> anyhow::Result<Late
 
 /// `watchers` watchers of one service, each a client with its own connection (as separate
 /// processes would be); `changes` sequential changes, each waited for until every watcher had it
-/// (or 5 s passed).
+/// (or 5 s passed). `server_cpu` reads the server's CPU time so far (ms).
 pub(crate) async fn fanout<D: Driver>(
     d: &D,
     watchers: u64,
     changes: u64,
+    server_cpu: impl Fn() -> anyhow::Result<f64>,
 ) -> anyhow::Result<Fanout> {
     let ttl = Duration::from_secs(3600);
     let lease = within(d.register("fanout-0", "fanout-0", 1, ttl)).await?;
-    let (tx, mut rx) = mpsc::unbounded_channel::<(u64, Seen)>();
+    let (tx, mut rx) = mpsc::unbounded_channel();
     let opening = Progress::start("fan-out watchers".into(), Some(watchers));
-    let mut forwarders = Vec::new();
     for w in 0..watchers {
         let client = within(d.own_client()).await?;
-        let mut one = within(client.watch(&["fanout-0".into()])).await?;
-        let tx = tx.clone();
-        forwarders.push(tokio::spawn(async move {
-            while let Some(seen) = one.recv().await {
-                if tx.send((w, seen)).is_err() {
-                    return;
-                }
-            }
-        }));
+        within(client.watch(&["fanout-0".into()], w, tx.clone())).await?;
         opening.count.fetch_add(1, Ordering::Relaxed);
     }
     drop((opening, tx));
     let progress = Progress::start("fan-out changes".into(), Some(changes));
+    let generator_cpu = || crate::server::process_cpu_ms(std::process::id());
+    let cpu = (server_cpu()?, generator_cpu()?);
     let (mut all, mut each, mut missed) = (Vec::new(), Vec::new(), 0);
     for i in 0..changes {
         let t0 = Instant::now();
@@ -305,8 +300,8 @@ pub(crate) async fn fanout<D: Driver>(
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
         while (have.len() as u64) < watchers {
             match tokio::time::timeout_at(deadline, rx.recv()).await {
-                Ok(Some((w, seen))) if seen.index >= index && seen.upserts > 0 => {
-                    if have.insert(w) {
+                Ok(Some(seen)) if seen.index >= index && seen.upserts > 0 => {
+                    if have.insert(seen.watcher) {
                         each.push(micros(seen.at.saturating_duration_since(t0)));
                         last = last.max(seen.at);
                     }
@@ -323,16 +318,20 @@ pub(crate) async fn fanout<D: Driver>(
         progress.count.fetch_add(1, Ordering::Relaxed);
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    // Closes the watchers' connections (each ends when its receiver goes).
-    for f in forwarders {
-        f.abort();
-    }
+    let per_change = |used: f64| used / changes.max(1) as f64;
+    let cpu_ms_per_change = (
+        per_change(server_cpu()? - cpu.0),
+        per_change(generator_cpu()? - cpu.1),
+    );
+    // Closes the watchers' connections (each ends when the receiver goes).
+    drop(rx);
     Ok(Fanout {
         watchers,
         changes,
         missed,
         all: Latency::of(all),
         each: Latency::of(each),
+        cpu_ms_per_change,
     })
 }
 
@@ -397,7 +396,8 @@ pub(crate) async fn detection<D: Driver>(
     )
     .await?;
     drop(stay);
-    let mut rx = within(d.watch(&services)).await?;
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    within(d.watch(&services, 0, tx)).await?;
     let mut holder = spawn_holder(holder)?;
     let mut lines =
         tokio::io::BufReader::new(holder.stdout.take().context("holder stdout")?).lines();

@@ -7,6 +7,7 @@
 //! every watcher.
 
 use std::collections::VecDeque;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,6 +17,8 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use futures_util::stream;
 use muster_proto::{MAX_WATCH_SERVICES, WatchEvent};
+use tokio::sync::watch;
+use tokio::time::{Instant, Sleep};
 
 use super::error::ApiError;
 use super::{AppRef, AppState, extract};
@@ -29,6 +32,53 @@ pub(super) struct Watcher {
     app: Arc<AppState>,
     cursors: Vec<Cursor>,
     pending: VecDeque<Bytes>,
+    keepalive: Keepalive,
+}
+
+/// When a watch is owed a keepalive: [`KEEPALIVE`] after the last frame sent. One timer per
+/// watch, moved only when it fires, not on every frame (a change to a service with 1,000
+/// watchers would otherwise take 1,000 timers out of the timer wheel and put 1,000 back).
+struct Keepalive {
+    timer: Pin<Box<Sleep>>,
+    last_sent: Instant,
+}
+
+impl Keepalive {
+    fn new() -> Self {
+        let now = Instant::now();
+        Keepalive {
+            timer: Box::pin(tokio::time::sleep_until(now + KEEPALIVE)),
+            last_sent: now,
+        }
+    }
+
+    /// A frame went out.
+    fn sent(&mut self) {
+        self.last_sent = Instant::now();
+    }
+
+    /// Resolves once nothing was sent for [`KEEPALIVE`]. Cancel-safe.
+    async fn due(&mut self) {
+        loop {
+            (&mut self.timer).await;
+            let now = Instant::now();
+            let due = self.last_sent + KEEPALIVE;
+            if now >= due {
+                self.timer.as_mut().reset(now + KEEPALIVE);
+                return;
+            }
+            self.timer.as_mut().reset(due);
+        }
+    }
+}
+
+/// Resolves when any cursor's service changed (an error once the hub is gone).
+async fn any_changed(cursors: &mut [Cursor]) -> Result<(), watch::error::RecvError> {
+    if let [one] = cursors {
+        return one.rx.changed().await;
+    }
+    let waits = cursors.iter_mut().map(|c| Box::pin(c.rx.changed()));
+    futures_util::future::select_all(waits).await.0
 }
 
 impl Drop for Watcher {
@@ -42,18 +92,18 @@ impl Watcher {
     pub(super) async fn next_frame(&mut self) -> Option<Bytes> {
         loop {
             if let Some(frame) = self.pending.pop_front() {
+                self.keepalive.sent();
                 return Some(frame);
             }
-            let woke = {
-                let waits = self.cursors.iter_mut().map(|c| Box::pin(c.rx.changed()));
-                match tokio::time::timeout(KEEPALIVE, futures_util::future::select_all(waits)).await
-                {
-                    Err(_) => None,
-                    Ok((result, _, _)) => Some(result),
-                }
+            let woke = tokio::select! {
+                changed = any_changed(&mut self.cursors) => Some(changed),
+                () = self.keepalive.due() => None,
             };
             match woke {
-                None => return Some(Bytes::from_static(b": keepalive\n\n")),
+                None => {
+                    self.keepalive.sent();
+                    return Some(Bytes::from_static(b": keepalive\n\n"));
+                }
                 Some(Err(_)) => return None,
                 Some(Ok(())) => {
                     for c in &mut self.cursors {
@@ -152,6 +202,7 @@ pub(super) fn open(
         app: app.clone(),
         cursors,
         pending: VecDeque::new(),
+        keepalive: Keepalive::new(),
     };
     if let (Some(asked), None) = (requested, index) {
         let notice = WatchEvent::Compacted {
@@ -166,4 +217,28 @@ pub(super) fn open(
     }
     app.hub.catch_up(&mut w.cursors, &mut w.pending);
     Ok(w)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Whether `due` resolves within `d` (of paused, auto-advancing time).
+    async fn due_within(k: &mut Keepalive, d: Duration) -> bool {
+        tokio::time::timeout(d, k.due()).await.is_ok()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_keepalive_is_due_only_after_a_quiet_interval() {
+        let mut k = Keepalive::new();
+        assert!(!due_within(&mut k, KEEPALIVE - Duration::from_millis(1)).await);
+        assert!(due_within(&mut k, Duration::from_millis(2)).await);
+        // The caller sent the keepalive: the next is a whole interval away.
+        k.sent();
+        assert!(!due_within(&mut k, Duration::from_secs(10)).await);
+        // A frame 10 s in moves it to 15 s after that frame, not after the keepalive.
+        k.sent();
+        assert!(!due_within(&mut k, KEEPALIVE - Duration::from_millis(1)).await);
+        assert!(due_within(&mut k, Duration::from_millis(2)).await);
+    }
 }

@@ -411,29 +411,36 @@ where
     let server = Server::start(system, binary).await?;
     let d = connect(server.addr.clone()).await?;
 
+    // CPU time so far: the server's and this generator's.
+    let cpu = || -> anyhow::Result<(f64, f64)> {
+        Ok((
+            server.cpu_ms()?,
+            server::process_cpu_ms(std::process::id())?,
+        ))
+    };
     // Renewals renew the registered leases: registration always runs.
-    let cpu = server.cpu_ms()?;
+    let before = cpu()?;
     let (mut register, leases) =
         workload::register(&d, "svc", p.instances, p.services, p.clients, hour).await?;
-    register.server_cpu_ms = server.cpu_ms()? - cpu;
+    register.cpu_between(before, cpu()?);
     eprintln!("  register: {:.0}/s", register.per_second);
     r.register = register;
     if runs(Workload::Renew) {
-        let cpu = server.cpu_ms()?;
+        let before = cpu()?;
         r.renew = workload::renew(&d, &leases, p.renew_clients, seconds).await?;
-        r.renew.server_cpu_ms = server.cpu_ms()? - cpu;
+        r.renew.cpu_between(before, cpu()?);
         eprintln!("  renew: {:.0}/s", r.renew.per_second);
     }
     if runs(Workload::Lookup) {
         // (The CPU figure includes registering the looked-up service first: one batch.)
-        let cpu = server.cpu_ms()?;
+        let before = cpu()?;
         r.lookup = workload::lookup(&d, p.lookup_size, p.clients, seconds).await?;
-        r.lookup.server_cpu_ms = server.cpu_ms()? - cpu;
+        r.lookup.cpu_between(before, cpu()?);
         eprintln!("  lookup: {:.0}/s", r.lookup.per_second);
         if let Some(other) = d.other_lookups(connections).await? {
-            let cpu = server.cpu_ms()?;
+            let before = cpu()?;
             r.lookup_grpc = workload::lookup(&other, p.lookup_size, p.clients, seconds).await?;
-            r.lookup_grpc.server_cpu_ms = server.cpu_ms()? - cpu;
+            r.lookup_grpc.cpu_between(before, cpu()?);
             eprintln!("  lookup over gRPC: {:.0}/s", r.lookup_grpc.per_second);
         }
     }

@@ -62,10 +62,16 @@ fn p50_p99(l: &Latency) -> String {
     )
 }
 
-/// `server CPU N µs each`, after `sep`, when measured.
+/// `CPU per op: server N µs, generator M µs`, after `sep`, when measured.
 fn cpu(x: &crate::stats::Rate, sep: &str) -> String {
-    x.server_cpu_us_per_op()
-        .map(|us| format!("{sep}server CPU {} each", duration_us(us)))
+    x.cpu_us_per_op()
+        .map(|(server, generator)| {
+            format!(
+                "{sep}CPU per op: server {}, generator {}",
+                duration_us(server),
+                duration_us(generator)
+            )
+        })
         .unwrap_or_default()
 }
 

@@ -67,6 +67,9 @@ pub(crate) struct Rate {
     /// CPU time the server used during the run (user and system), milliseconds.
     #[serde(default)]
     pub(crate) server_cpu_ms: f64,
+    /// CPU time the load generator used during the run, milliseconds.
+    #[serde(default)]
+    pub(crate) generator_cpu_ms: f64,
 }
 
 impl Rate {
@@ -81,13 +84,22 @@ impl Rate {
             per_second: operations as f64 / seconds.max(1e-9),
             latency: Latency::of(samples),
             server_cpu_ms: 0.0,
+            generator_cpu_ms: 0.0,
         }
     }
 
-    /// The server's CPU time per operation, microseconds (none before it was measured).
-    pub(crate) fn server_cpu_us_per_op(&self) -> Option<f64> {
+    /// Records the CPU time used between two readings of (server, generator) CPU time.
+    pub(crate) fn cpu_between(&mut self, before: (f64, f64), after: (f64, f64)) {
+        self.server_cpu_ms = after.0 - before.0;
+        self.generator_cpu_ms = after.1 - before.1;
+    }
+
+    /// The server's and the generator's CPU time per operation, microseconds (none before it
+    /// was measured).
+    pub(crate) fn cpu_us_per_op(&self) -> Option<(f64, f64)> {
+        let per_op = |ms: f64| ms * 1000.0 / self.operations as f64;
         (self.server_cpu_ms > 0.0 && self.operations > 0)
-            .then(|| self.server_cpu_ms * 1000.0 / self.operations as f64)
+            .then(|| (per_op(self.server_cpu_ms), per_op(self.generator_cpu_ms)))
     }
 }
 

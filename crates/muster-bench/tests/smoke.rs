@@ -56,6 +56,16 @@ fn a_quick_run_measures_both_systems_and_writes_the_report() {
             r["register"]["server_cpu_ms"].as_f64().unwrap() > 0.0,
             "{system} register CPU"
         );
+        // And the generator's (10 ms ticks: a quick run may use less than one).
+        assert!(
+            r["register"]["generator_cpu_ms"].as_f64().unwrap() >= 0.0,
+            "{system} generator CPU"
+        );
+        let fanout_cpu = r["fanout"]["cpu_ms_per_change"].as_array().unwrap();
+        assert!(
+            fanout_cpu[0].as_f64().unwrap() >= 0.0,
+            "{system} fan-out CPU"
+        );
         assert!(
             r["renew"]["operations"].as_u64().unwrap() > 0,
             "{system} renew"

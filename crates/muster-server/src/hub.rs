@@ -62,7 +62,7 @@ pub struct ServiceView {
     /// The service's modify index.
     pub index: u64,
     /// Every instance (any status), ordered by id.
-    pub instances: Vec<Arc<Instance>>,
+    pub instances: Instances,
     /// Instances by status, indexed like [`Status::ALL`].
     pub statuses: [u64; 6],
     /// The JSON, by position, of the instances that did not change since the previous view,
@@ -137,13 +137,14 @@ impl ServiceView {
         for i in &instances {
             statuses[status_slot(i.status)] += 1;
         }
+        let instances = Instances::from_sorted(instances);
         Self::with_counts(service, index, instances, statuses, Vec::new())
     }
 
     fn with_counts(
         service: Arc<str>,
         index: u64,
-        instances: Vec<Arc<Instance>>,
+        instances: Instances,
         statuses: [u64; 6],
         carried: Vec<Option<Bytes>>,
     ) -> Self {
@@ -176,7 +177,8 @@ impl ServiceView {
                 })
                 .collect();
             drop(carried);
-            let healthy = |k: &usize| self.instances[*k].status == Status::Healthy;
+            let statuses: Vec<Status> = self.instances.iter().map(|i| i.status).collect();
+            let healthy = |k: &usize| statuses[*k] == Status::Healthy;
             let kept: Vec<usize> = (0..json.len()).filter(healthy).collect();
             let left_out: usize = (0..json.len())
                 .filter(|k| !healthy(k))
@@ -278,7 +280,7 @@ impl ServiceView {
         let (buf, ends) = self.protobuf.get_or_init(|| {
             let mut buf = BytesMut::new();
             let mut ends = Vec::with_capacity(self.instances.len());
-            for inst in &self.instances {
+            for inst in self.instances.iter() {
                 encode(inst, &mut buf);
                 ends.push(buf.len());
             }
@@ -290,7 +292,7 @@ impl ServiceView {
     /// Instances by zone (`""` for none); computed on demand.
     pub fn zones(&self) -> BTreeMap<String, u64> {
         let mut zones = BTreeMap::new();
-        for i in &self.instances {
+        for i in self.instances.iter() {
             *zones.entry(i.spec.zone().to_string()).or_insert(0) += 1;
         }
         zones
@@ -614,10 +616,8 @@ impl Hub {
                 None => self.slot_in(&mut self.write_slots(), service),
             };
             let old = slot.view();
-            // Room for this batch's new instances: inserting never doubles the allocation
-            // (every view is kept, and a doubled one would hold up to twice the pointers).
-            let mut instances = Vec::with_capacity(old.instances.len() + evs.len());
-            instances.extend_from_slice(&old.instances);
+            // The old view's chunks, shared: only those this batch changes are copied.
+            let mut instances = old.instances.clone();
             let mut statuses = old.statuses;
             // The JSON of the old view, to carry over for what this batch leaves unchanged:
             // encoded if the old view was read, or what it carried itself if it was not (taken:
@@ -634,32 +634,33 @@ impl Hub {
                     kind: ev.kind,
                     instance: ev.instance.clone(),
                 });
-                let id = ev.instance.spec.instance_id.as_str();
-                let pos = instances.binary_search_by(|i| i.spec.instance_id.as_str().cmp(id));
-                match (ev.kind, pos) {
-                    (EventKind::Upsert, Ok(p)) => {
-                        statuses[status_slot(instances[p].status)] -= 1;
+                match ev.kind {
+                    EventKind::Upsert => {
                         statuses[status_slot(ev.instance.status)] += 1;
-                        instances[p] = ev.instance.clone();
-                        if carry {
-                            carried[p] = None;
+                        match instances.upsert(ev.instance.clone()) {
+                            Upserted::Replaced(p, before) => {
+                                statuses[status_slot(before.status)] -= 1;
+                                if carry {
+                                    carried[p] = None;
+                                }
+                            }
+                            Upserted::Inserted(p) => {
+                                if carry {
+                                    carried.insert(p, None);
+                                }
+                            }
                         }
                     }
-                    (EventKind::Upsert, Err(p)) => {
-                        statuses[status_slot(ev.instance.status)] += 1;
-                        instances.insert(p, ev.instance.clone());
-                        if carry {
-                            carried.insert(p, None);
+                    EventKind::Delete => {
+                        if let Some((p, gone)) =
+                            instances.remove(ev.instance.spec.instance_id.as_str())
+                        {
+                            statuses[status_slot(gone.status)] -= 1;
+                            if carry {
+                                carried.remove(p);
+                            }
                         }
                     }
-                    (EventKind::Delete, Ok(p)) => {
-                        statuses[status_slot(instances[p].status)] -= 1;
-                        instances.remove(p);
-                        if carry {
-                            carried.remove(p);
-                        }
-                    }
-                    (EventKind::Delete, Err(_)) => {}
                 }
             }
             let index = registry.service_index(service).unwrap_or(registry.index());
@@ -785,6 +786,10 @@ fn event_frame(service: &str, kind: EventKind, index: u64, json: &[u8]) -> Bytes
     out.put_slice(b"}\n\n");
     out.freeze()
 }
+
+mod instances;
+pub use instances::Instances;
+use instances::Upserted;
 
 #[cfg(test)]
 mod tests;

@@ -86,27 +86,56 @@ impl Instances {
         (c, within)
     }
 
+    /// Chunk `c`, unshared, with room for `extra` more and no more: chunks are sized exactly
+    /// (a `Vec` that doubles would leave a split chunk's half empty, a view's worth of pointers).
+    fn chunk_mut(&mut self, c: usize, extra: usize) -> &mut Vec<Arc<Instance>> {
+        let chunk = &mut self.chunks[c];
+        if Arc::get_mut(chunk).is_none() {
+            let mut copy = Vec::with_capacity(chunk.len() + extra);
+            copy.extend(chunk.iter().cloned());
+            *chunk = Arc::new(copy);
+        }
+        let chunk = Arc::get_mut(chunk).expect("unshared");
+        chunk.reserve_exact(extra);
+        chunk
+    }
+
     /// Puts `inst` in place of the instance with its id, or inserts it.
     pub(crate) fn upsert(&mut self, inst: Arc<Instance>) -> Upserted {
         if self.chunks.is_empty() {
-            self.chunks.push(Arc::new(Vec::with_capacity(1)));
+            self.chunks.push(Arc::new(Vec::new()));
             self.starts.push(0);
         }
         let (c, within) = self.locate(id(&inst));
-        let chunk = Arc::make_mut(&mut self.chunks[c]);
         match within {
             Ok(p) => {
-                let old = std::mem::replace(&mut chunk[p], inst);
+                let old = std::mem::replace(&mut self.chunk_mut(c, 0)[p], inst);
                 Upserted::Replaced(self.starts[c] + p, old)
             }
             Err(p) => {
-                chunk.insert(p, inst);
-                if chunk.len() > MAX_CHUNK {
-                    let second = chunk.split_off(chunk.len() / 2);
+                let at = self.starts[c] + p;
+                let len = self.chunks[c].len();
+                if len < MAX_CHUNK {
+                    self.chunk_mut(c, 1).insert(p, inst);
+                } else if p == len {
+                    // Past the last instance (ids that grow, as most naming schemes make
+                    // them): a new chunk, so that this one stays full.
+                    self.chunks.insert(c + 1, Arc::new(vec![inst]));
+                    self.starts.insert(c + 1, 0);
+                } else {
+                    let chunk = self.chunk_mut(c, 0);
+                    let mut second: Vec<_> = chunk.drain(len / 2..).collect();
+                    chunk.shrink_to_fit();
+                    if p <= len / 2 {
+                        chunk.reserve_exact(1);
+                        chunk.insert(p, inst);
+                    } else {
+                        second.reserve_exact(1);
+                        second.insert(p - len / 2, inst);
+                    }
                     self.chunks.insert(c + 1, Arc::new(second));
                     self.starts.insert(c + 1, 0);
                 }
-                let at = self.starts[c] + p;
                 self.recount();
                 Upserted::Inserted(at)
             }
@@ -119,7 +148,7 @@ impl Instances {
             return None;
         };
         let at = self.starts[c] + p;
-        let gone = Arc::make_mut(&mut self.chunks[c]).remove(p);
+        let gone = self.chunk_mut(c, 0).remove(p);
         if self.chunks[c].is_empty() {
             self.chunks.remove(c);
             self.starts.remove(c);
@@ -129,7 +158,7 @@ impl Instances {
         {
             let next = self.chunks.remove(c + 1);
             self.starts.remove(c + 1);
-            Arc::make_mut(&mut self.chunks[c]).extend(next.iter().cloned());
+            self.chunk_mut(c, next.len()).extend(next.iter().cloned());
         }
         self.recount();
         Some((at, gone))

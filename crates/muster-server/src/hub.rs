@@ -596,10 +596,10 @@ impl Hub {
     /// Takes in one applied batch. Returns the services whose views changed.
     ///
     /// Views are updated from the batch's events alone (each event carries the instance after
-    /// the change), so the cost is the events plus one copy of the touched service's entry
-    /// list (and of its JSON handles, when the old view was read), never a walk of the
-    /// registry. Waiters are woken only after every view and frame of
-    /// the batch is in place and the registry index is published.
+    /// the change), so the cost is the events plus, per touched service, a copy of its list of
+    /// chunks and of the chunks the batch changes (and of all its JSON handles, when the old
+    /// view was read), never a walk of the registry. Waiters are woken only after every view
+    /// and frame of the batch is in place and the registry index is published.
     pub fn applied(&self, registry: &Registry, events: &[Event]) -> Vec<Arc<ServiceView>> {
         let mut by_service: BTreeMap<&str, Vec<&Event>> = BTreeMap::new();
         for ev in events {

@@ -267,6 +267,8 @@ pub struct Confirmation {
 pub struct RaftNode {
     raft: Raft<TypeConfig, StateMachine>,
     sm: StateMachine,
+    /// The log Raft writes to (shared): closed at shutdown.
+    log: LogStore,
     node_id: u64,
     /// The latest status, refreshed on every metrics change, for hot paths.
     cached: Arc<arc_swap::ArcSwap<ClusterStatus>>,
@@ -329,6 +331,7 @@ impl RaftNode {
         .map_err(|e| format!("invalid raft settings: {e}"))?;
         let log =
             LogStore::open(store.clone()).map_err(|e| format!("cannot open the raft log: {e}"))?;
+        let log_handle = log.clone();
         let sm = StateMachine::new(store, observer);
         let seed = settings.seed.unwrap_or_else(rand::random);
         let network = match &settings.transport {
@@ -387,6 +390,7 @@ impl RaftNode {
         Ok(RaftNode {
             raft,
             sm,
+            log: log_handle,
             node_id,
             cached,
             refresher,
@@ -1015,12 +1019,13 @@ impl RaftNode {
             .map_err(|e| e.to_string())
     }
 
-    /// Stops Raft; pending proposals fail.
+    /// Stops Raft (pending proposals fail), then writes the log's last commit point.
     pub async fn shutdown(&self) {
         self.refresher.abort();
         if let Err(e) = self.scoped(self.raft.shutdown()).await {
             tracing::warn!(error = %e, "raft did not shut down cleanly");
         }
+        self.log.close().await;
     }
 }
 

@@ -5,7 +5,9 @@
 //! instance pointer of the service (and the old one dropped them all later): O(service size)
 //! per touched service per batch, so registrations slowed as services grew. Here the list is
 //! chunks of at most [`MAX_CHUNK`] pointers behind shared pointers: a new view copies the list
-//! of chunks and only the chunks the batch changes.
+//! of chunks and only the chunks the batch changes. (A service whose old view was read still
+//! costs O(size) per batch: the JSON it carries over is a flat list by position. A read costs
+//! that much anyway.)
 
 use std::sync::Arc;
 

@@ -14,7 +14,7 @@
 //!   [`COMMIT_POINT_EVERY`] (the newest when it is written): the write is submitted after the
 //!   entries it covers, so the store commits it behind them, and a lost or older commit point
 //!   only makes a restart re-apply from an earlier point (openraft takes the snapshot's point
-//!   when the stored one is older).
+//!   when the stored one is older). At shutdown `close` writes a pending one at once.
 //! - The purge point is persisted as its own value, since openraft may purge past the last entry
 //!   after installing a snapshot.
 
@@ -24,7 +24,7 @@ use std::ops::RangeBounds;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use muster_store::{Store, StoreError, Write};
+use muster_store::{Store, Write};
 use openraft::alias::{EntryOf, LogIdOf, VoteOf};
 use openraft::entry::RaftEntry;
 use openraft::storage::{IOFlushed, RaftLogStorage};
@@ -73,6 +73,11 @@ struct Inner {
     committed: Option<LogId>,
     /// A write of the commit point is scheduled (it will take `committed` as it is then).
     commit_point_due: bool,
+    /// The node shut down: the commit point was written one last time, and no scheduled write
+    /// runs any more.
+    closed: bool,
+    /// The task that will write the commit point (it holds the store open while it waits).
+    commit_point_task: Option<tokio::task::AbortHandle>,
 }
 
 impl Inner {
@@ -119,29 +124,52 @@ pub(crate) struct LogStore {
 }
 
 impl LogStore {
-    /// Submits the newest commit point.
-    fn write_commit_point(&self) {
+    /// The newest commit point if a write of it is due (and no longer due).
+    fn take_due_commit_point(&self) -> Option<Vec<u8>> {
         let committed = {
             let mut inner = self.lock();
-            inner.commit_point_due = false;
+            if !std::mem::replace(&mut inner.commit_point_due, false) || inner.closed {
+                return None;
+            }
             inner.committed
         };
-        let bytes = match encode(&committed) {
-            Ok(bytes) => bytes,
-            Err(e) => {
-                tracing::error!(error = %e, "could not encode the commit point");
-                return;
+        encode(&committed)
+            .inspect_err(|e| tracing::error!(error = %e, "could not encode the commit point"))
+            .ok()
+    }
+
+    /// Submits the newest commit point, if a write of it is due.
+    fn write_commit_point(&self) {
+        if let Some(bytes) = self.take_due_commit_point() {
+            self.store.submit(
+                vec![Write::PutMeta(KEY_COMMITTED.into(), bytes)],
+                Box::new(|r| {
+                    if let Err(e) = r {
+                        tracing::error!(error = %e, "could not persist the commit point");
+                    }
+                }),
+            );
+        }
+    }
+
+    /// At shutdown (after Raft stopped): writes the commit point if a write was pending, and
+    /// waits for it, so that a clean restart starts from the latest point; a scheduled write
+    /// then does nothing.
+    pub(crate) async fn close(&self) {
+        let bytes = self.take_due_commit_point();
+        {
+            let mut inner = self.lock();
+            inner.closed = true;
+            if let Some(task) = inner.commit_point_task.take() {
+                task.abort();
             }
-        };
-        self.store.submit(
-            vec![Write::PutMeta(KEY_COMMITTED.into(), bytes)],
-            Box::new(|r| match r {
-                // Shutting down: the next start re-applies from an earlier point.
-                Err(e) if matches!(*e, StoreError::Closed) => {}
-                Err(e) => tracing::error!(error = %e, "could not persist the commit point"),
-                Ok(()) => {}
-            }),
-        );
+        }
+        if let Some(bytes) = bytes {
+            let write = vec![Write::PutMeta(KEY_COMMITTED.into(), bytes)];
+            if let Err(e) = durable(&self.store, write).await {
+                tracing::error!(error = %e, "could not persist the commit point at shutdown");
+            }
+        }
     }
 
     /// Loads the log, vote, commit and purge points from the store.
@@ -322,10 +350,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         };
         if schedule {
             let log = self.clone();
-            tokio::spawn(async move {
+            let task = tokio::spawn(async move {
                 tokio::time::sleep(COMMIT_POINT_EVERY).await;
                 log.write_commit_point();
             });
+            self.lock().commit_point_task = Some(task.abort_handle());
         }
         Ok(())
     }
@@ -487,11 +516,21 @@ mod tests {
             before + 3,
             "one commit point for 50 calls, then the barrier"
         );
+
+        // At shutdown a pending write is made at once, and the scheduled one then does nothing.
+        log.save_committed(Some(log_id::<TypeConfig>(1, 1, 60)))
+            .await
+            .unwrap();
+        log.close().await;
+        assert_eq!(writes(), before + 4, "written at shutdown");
+        tokio::time::sleep(COMMIT_POINT_EVERY * 2).await;
+        store.write_blocking(Vec::new()).unwrap();
+        assert_eq!(writes(), before + 5, "only the barrier after the shutdown");
         drop(log);
         let mut log = LogStore::open(store).unwrap();
         assert_eq!(
             log.read_committed().await.unwrap().map(|l| l.index),
-            Some(50)
+            Some(60)
         );
     }
 

@@ -368,7 +368,7 @@ impl ValidationError {
 ///
 /// An instance's own fields are its id, host, port, weight and checks. The rest (service,
 /// labels, tags, metadata, lease length) is what the instances of one deployment have in
-/// common: a [`Profile`] behind one pointer, which the registry shares among every instance
+/// common: a profile behind one pointer, which the registry shares among every instance
 /// with the same one (a thousand pods of a deployment in three zones hold three profiles).
 ///
 /// In JSON the spec is flat (`service`, `instanceId`, `host`, `port`, `zone`, ...); an optional

@@ -66,7 +66,8 @@ pub struct Config {
     pub max_body_bytes: usize,
     /// Events kept per service for watch resumption.
     pub watch_history: usize,
-    /// Take a Raft snapshot after this many log entries.
+    /// Take a Raft snapshot after this many log entries (or, when more, as many as the registry
+    /// held instances at the last snapshot).
     pub snapshot_every: u64,
     /// Log entries kept behind a snapshot.
     pub keep_behind_snapshot: u64,

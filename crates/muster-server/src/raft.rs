@@ -95,7 +95,8 @@ pub struct RaftSettings {
     pub election_timeout_min: Duration,
     /// Upper bound of the election timeout.
     pub election_timeout_max: Duration,
-    /// Take a snapshot after this many applied entries.
+    /// Take a snapshot after this many applied entries, or as many as the registry held
+    /// instances at the last snapshot when that is more (`SnapshotPace`).
     pub snapshot_every: u64,
     /// Entries kept behind a snapshot before purging (generous: see openraft issue #2116).
     pub keep_behind_snapshot: u64,
@@ -296,6 +297,49 @@ pub struct RaftNode {
     write_timeout: Duration,
 }
 
+/// When to take a snapshot: once the log since the last one holds `every` entries, or as many
+/// entries as the registry held instances when that snapshot was taken, whichever is more.
+/// Encoding a snapshot costs in proportion to the registry, so this keeps its cost per entry
+/// about constant (openraft's `LogsSinceLast(every)` re-encodes a registry of 100,000 instances
+/// every 10,000 entries: ten instances per entry). The log then holds at most as many entries
+/// as the registry instances, beyond `every`: a restart replays about as much as it loads.
+#[derive(Debug)]
+struct SnapshotPace {
+    every: u64,
+    /// The snapshot index last seen, and the registry's size when it was seen.
+    snapshot: Option<u64>,
+    size_then: u64,
+    /// The applied index a snapshot was last asked at (openraft builds one at a time; this is
+    /// not asked again until as many entries followed it).
+    asked_at: u64,
+}
+
+impl SnapshotPace {
+    fn new(every: u64, size: usize) -> Self {
+        SnapshotPace {
+            every,
+            snapshot: None,
+            size_then: size as u64,
+            asked_at: 0,
+        }
+    }
+
+    /// Whether to ask for a snapshot now; `size` is the registry's current size (called only
+    /// when a new snapshot appeared).
+    fn due(&mut self, applied: u64, snapshot: Option<u64>, size: impl FnOnce() -> usize) -> bool {
+        if snapshot != self.snapshot {
+            self.snapshot = snapshot;
+            self.size_then = size() as u64;
+        }
+        let base = self.asked_at.max(snapshot.unwrap_or(0));
+        if applied >= base.saturating_add(self.every.max(self.size_then)) {
+            self.asked_at = applied;
+            return true;
+        }
+        false
+    }
+}
+
 /// Longest a new member may take to catch up before it is promoted.
 const MEMBER_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -322,7 +366,8 @@ impl RaftNode {
             heartbeat_interval: millis(settings.heartbeat_interval),
             election_timeout_min: millis(settings.election_timeout_min),
             election_timeout_max: millis(settings.election_timeout_max),
-            snapshot_policy: SnapshotPolicy::LogsSinceLast(settings.snapshot_every),
+            // Snapshots are triggered by the task that follows the metrics (`SnapshotPace`).
+            snapshot_policy: SnapshotPolicy::Never,
             max_in_snapshot_log_to_keep: settings.keep_behind_snapshot,
             purge_batch_size: 256,
             ..Default::default()
@@ -375,10 +420,22 @@ impl RaftNode {
         )));
         let refresher = {
             let (cached, mut metrics) = (cached.clone(), raft.metrics());
+            let (raft, sm) = (raft.clone(), sm.clone());
+            let mut pace = SnapshotPace::new(settings.snapshot_every, sm.read(|r| r.len()));
+            let mut seeds = seed ^ 3;
             tokio::spawn(async move {
                 while metrics.changed().await.is_ok() {
                     let status = status_of(node_id, &metrics.borrow_watched());
+                    let due = pace.due(status.last_applied, status.snapshot_index, || {
+                        sm.read(|r| r.len())
+                    });
                     cached.store(Arc::new(status));
+                    if due {
+                        seeds = seeds.wrapping_add(0x9e37_79b9_7f4a_7c15);
+                        if let Err(e) = Runtime::scope(seeds, raft.trigger().snapshot()).await {
+                            tracing::warn!(error = %e, "cannot trigger a snapshot");
+                        }
+                    }
                 }
             })
         };
@@ -1108,4 +1165,37 @@ async fn durable(store: &Store, writes: Vec<muster_store::Write>) -> Result<(), 
 
 fn io_err(e: impl fmt::Display) -> std::io::Error {
     std::io::Error::other(e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::SnapshotPace;
+
+    #[test]
+    fn snapshots_are_paced_by_the_larger_of_every_and_the_registry() {
+        // A small registry: one snapshot every `every` entries.
+        let mut pace = SnapshotPace::new(100, 0);
+        assert!(!pace.due(99, None, || 10));
+        assert!(pace.due(100, None, || 10));
+        // Asked at 100: not asked again while that snapshot is built...
+        assert!(!pace.due(150, None, || 10));
+        // ...nor once it exists, until `every` more entries.
+        assert!(!pace.due(199, Some(100), || 10));
+        assert!(pace.due(200, Some(100), || 10));
+
+        // A registry that grew to 1,000 instances by the snapshot at 200: the next one after
+        // 1,000 more entries, not 100.
+        let mut pace = SnapshotPace::new(100, 0);
+        assert!(!pace.due(1_199, Some(200), || 1_000));
+        assert!(pace.due(1_200, Some(200), || 1_000));
+        // The size is taken when a snapshot appears, not at every check.
+        assert!(!pace.due(1_300, Some(1_200), || 5_000));
+        assert!(!pace.due(6_199, Some(1_200), || panic!("asked again")));
+        assert!(pace.due(6_200, Some(1_200), || panic!("asked again")));
+
+        // A node that starts with a large registry and no snapshot waits for as many entries.
+        let mut pace = SnapshotPace::new(100, 500);
+        assert!(!pace.due(499, None, || 500));
+        assert!(pace.due(500, None, || 500));
+    }
 }

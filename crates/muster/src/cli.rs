@@ -213,7 +213,8 @@ pub(crate) struct ServerArgs {
     /// Events kept per service for watch resumption.
     #[arg(long, env = "MUSTER_WATCH_HISTORY")]
     pub(crate) watch_history: Option<usize>,
-    /// Snapshot after this many log entries.
+    /// Snapshot after this many log entries (or, when more, as many as the registry held
+    /// instances at the last snapshot).
     #[arg(long, env = "MUSTER_SNAPSHOT_EVERY")]
     pub(crate) snapshot_every: Option<u64>,
     /// Log entries kept behind a snapshot.

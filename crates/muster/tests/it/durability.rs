@@ -110,10 +110,13 @@ async fn snapshots_bound_the_log_and_restore_on_restart() {
     for w in 0..8 {
         let (http, url) = (m.http.clone(), m.url("/v1/instances"));
         tasks.push(tokio::spawn(async move {
+            // 160 instances, each registered 10 times: the registry stays below
+            // `--snapshot-every`, so snapshots come every 200 entries (a larger registry
+            // spaces them by its size).
             for i in 0..200 {
-                let body = json!({"service": "snap", "instanceId": format!("s{w}-{i}"), "host": "h", "port": 1, "status": "HEALTHY"});
+                let body = json!({"service": "snap", "instanceId": format!("s{w}-{}", i % 20), "host": "h", "port": 1000 + i, "status": "HEALTHY"});
                 let r = http.post(&url).json_body(&body).send().await.unwrap();
-                assert_eq!(r.status(), 201);
+                assert_eq!(r.status(), if i < 20 { 201 } else { 200 });
             }
         }));
     }
@@ -139,7 +142,14 @@ async fn snapshots_bound_the_log_and_restore_on_restart() {
     m.stop();
     let m = Muster::restart_after(dir.path(), &addr, &extra);
     let (_, v) = m.get("/v1/services/snap").await;
-    assert_eq!(v["instances"].as_array().unwrap().len(), 1600);
+    let instances = v["instances"].as_array().unwrap();
+    assert_eq!(instances.len(), 160);
+    // Each instance as last registered: `s{w}-{k}` last with port 1180 + k.
+    for i in instances {
+        let id = i["instanceId"].as_str().unwrap();
+        let k: u64 = id.rsplit('-').next().unwrap().parse().unwrap();
+        assert_eq!(i["port"], 1180 + k, "{i}");
+    }
     let (_, c) = m.get("/v1/cluster").await;
     assert!(c["purgedIndex"].as_u64().unwrap() >= purged, "{c}");
     m.stop();

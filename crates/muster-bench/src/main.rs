@@ -25,7 +25,7 @@ mod stats;
 mod workload;
 
 use driver::{Driver, Etcd, Muster};
-use server::{Server, System};
+use server::{Deployment, Server, System};
 use stats::{Memory, SystemResults};
 
 #[derive(Parser, Debug)]
@@ -89,6 +89,10 @@ struct RunArgs {
     /// taken from its median round. `--quick` runs one.
     #[arg(long, default_value_t = 3)]
     rounds: u32,
+    /// After the single-server rounds, one round against a cluster of this many members of
+    /// each system (every workload but memory); 0 for none.
+    #[arg(long, default_value_t = 3)]
+    cluster_nodes: usize,
     /// Run only these workloads (for profiling one of them; the report needs them all).
     #[arg(long, value_enum, value_delimiter = ',', conflicts_with = "doc")]
     only: Vec<Workload>,
@@ -223,6 +227,17 @@ pub(crate) struct Results {
     /// Every round, when there were several (without the plots' points).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub(crate) rounds: Vec<Round>,
+    /// The round against clusters, when there was one (without the plots' points).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) cluster: Option<ClusterRound>,
+}
+
+/// Both systems' figures as clusters of `nodes` members.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub(crate) struct ClusterRound {
+    pub(crate) nodes: usize,
+    pub(crate) muster: SystemResults,
+    pub(crate) etcd: SystemResults,
 }
 
 /// Both systems' figures in one round.
@@ -303,30 +318,40 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             eprintln!("round {} of {count}", round + 1);
         }
         let memory = round == 0;
-        eprintln!("muster ({})", muster_bin.display());
-        let muster = measure(
-            System::Muster,
-            &muster_bin,
-            &params,
-            only,
-            memory,
-            connections,
-            |addr| async move { Muster::new(&addr) },
-        )
-        .await?;
-        eprintln!("etcd ({})", etcd_bin.display());
-        let etcd = measure(
-            System::Etcd,
-            &etcd_bin,
-            &params,
-            only,
-            memory,
-            connections,
-            |addr| async move { Etcd::connect(&addr, connections).await },
-        )
-        .await?;
-        rounds.push(Round { muster, etcd });
+        rounds.push(
+            both(
+                &muster_bin,
+                &etcd_bin,
+                1,
+                &params,
+                only,
+                memory,
+                connections,
+            )
+            .await?,
+        );
     }
+    let cluster = if args.cluster_nodes > 1 {
+        eprintln!("clusters of {} members", args.cluster_nodes);
+        let nodes = args.cluster_nodes;
+        let r = both(
+            &muster_bin,
+            &etcd_bin,
+            nodes,
+            &params,
+            only,
+            false,
+            connections,
+        )
+        .await?;
+        Some(ClusterRound {
+            nodes,
+            muster: r.muster.without_points(),
+            etcd: r.etcd.without_points(),
+        })
+    } else {
+        None
+    };
     let median = |system: fn(&Round) -> &SystemResults| {
         SystemResults::median_of(&rounds.iter().map(|r| system(r).clone()).collect::<Vec<_>>())
     };
@@ -356,6 +381,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         muster,
         etcd,
         rounds,
+        cluster,
     };
     let out = args.out.clone().or_else(|| {
         args.only
@@ -371,6 +397,9 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         eprintln!("wrote {}", out.display());
     }
     println!("{}", report::table(&results));
+    if let Some(c) = &results.cluster {
+        println!("{}", report::cluster_table(&results, c));
+    }
     if let Some(doc) = &args.doc {
         let plots = out
             .as_deref()
@@ -382,12 +411,52 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Every workload against one system: the first five on one server, memory (if `memory`) on a
-/// fresh one. Lookups run again over the system's other API, if it has one, on `connections`
-/// connections.
+/// Every workload against Muster, then against etcd, each deployed as `nodes` members.
+async fn both(
+    muster_bin: &Path,
+    etcd_bin: &Path,
+    nodes: usize,
+    params: &Params,
+    only: &[Workload],
+    memory: bool,
+    connections: usize,
+) -> anyhow::Result<Round> {
+    eprintln!("muster ({})", muster_bin.display());
+    let muster = measure(
+        System::Muster,
+        muster_bin,
+        nodes,
+        params,
+        only,
+        memory,
+        connections,
+        |addr| async move { Muster::new(&addr) },
+    )
+    .await?;
+    eprintln!("etcd ({})", etcd_bin.display());
+    let etcd = measure(
+        System::Etcd,
+        etcd_bin,
+        nodes,
+        params,
+        only,
+        memory,
+        connections,
+        |addr| async move { Etcd::connect(&addr, connections).await },
+    )
+    .await?;
+    Ok(Round { muster, etcd })
+}
+
+/// Every workload against one system: all but memory on one deployment of `nodes` members
+/// (one server, or a cluster whose leader the generator talks to), memory (if `memory`) on a
+/// fresh single server. Lookups run again over the system's other API, if it has one, on
+/// `connections` connections.
+#[allow(clippy::too_many_arguments)]
 async fn measure<D, F, Fut>(
     system: System,
     binary: &std::path::Path,
+    nodes: usize,
     p: &Params,
     only: &[Workload],
     memory: bool,
@@ -408,13 +477,13 @@ where
     let hour = Duration::from_secs(3600);
     let seconds = Duration::from_secs(p.seconds);
     let runs = |w: Workload| only.is_empty() || only.contains(&w);
-    let server = Server::start(system, binary).await?;
-    let d = connect(server.addr.clone()).await?;
+    let servers = Deployment::start(system, binary, nodes).await?;
+    let d = connect(servers.addr().to_string()).await?;
 
-    // CPU time so far: the server's and this generator's.
+    // CPU time so far: the servers' (every member's) and this generator's.
     let cpu = || -> anyhow::Result<(f64, f64)> {
         Ok((
-            server.cpu_ms()?,
+            servers.cpu_ms()?,
             server::process_cpu_ms(std::process::id())?,
         ))
     };
@@ -449,7 +518,7 @@ where
         eprintln!("  watch: p99 {} µs", r.watch.p99_us);
     }
     if runs(Workload::Fanout) {
-        r.fanout = workload::fanout(&d, p.watchers, p.fanout_changes, || server.cpu_ms()).await?;
+        r.fanout = workload::fanout(&d, p.watchers, p.fanout_changes, || servers.cpu_ms()).await?;
         eprintln!("  fan-out: all watchers p99 {} µs", r.fanout.all.p99_us);
     }
     if runs(Workload::Detection) {
@@ -457,7 +526,7 @@ where
         let mut holder = tokio::process::Command::new(exe);
         holder
             .arg("hold")
-            .args(["--system", name, "--addr", &server.addr])
+            .args(["--system", name, "--addr", servers.addr()])
             .args(p.args());
         r.detection = workload::detection(&d, p, holder).await?;
         eprintln!(
@@ -468,7 +537,7 @@ where
         );
     }
     drop(d);
-    server.stop().await?;
+    servers.stop().await?;
     if !memory || !runs(Workload::Memory) {
         return Ok(r);
     }

@@ -79,25 +79,41 @@ fn lookup_met(m: &crate::stats::Rate, e: &crate::stats::Rate) -> bool {
     m.per_second >= 10.0 * e.per_second && m.latency.p99_us <= 2000
 }
 
-/// The comparison table.
+/// The comparison table, with the targets.
 pub(crate) fn table(r: &Results) -> String {
-    let (m, e, p) = (&r.muster, &r.etcd, &r.params);
+    comparison(r, &r.muster, &r.etcd, true)
+}
+
+/// The table of the round against clusters: the same rows but memory, without targets (they
+/// are set for a single server).
+pub(crate) fn cluster_table(r: &Results, c: &crate::ClusterRound) -> String {
+    comparison(r, &c.muster, &c.etcd, false)
+}
+
+fn comparison(r: &Results, m: &SystemResults, e: &SystemResults, targets: bool) -> String {
+    let p = &r.params;
     let mut t = String::new();
-    t.push_str("| workload | Muster | etcd | Muster/etcd | target | met |\n");
-    t.push_str("|---|---|---|---|---|---|\n");
+    if targets {
+        t.push_str("| workload | Muster | etcd | Muster/etcd | target | met |\n");
+        t.push_str("|---|---|---|---|---|---|\n");
+    } else {
+        t.push_str("| workload | Muster | etcd | Muster/etcd |\n");
+        t.push_str("|---|---|---|---|\n");
+    }
     // Workloads left out of an `--only` run show as such, not as zeros that meet a target.
     // (Registration always runs: renewals need its leases.)
     let ran = |w: &str| w == "register" || r.only.is_empty() || r.only.iter().any(|o| o == w);
     let mut row =
         |w: &str, name: String, mv: String, ev: String, rt: String, target: &str, ok: bool| {
-            if ran(w) {
-                let _ = writeln!(
-                    t,
-                    "| {name} | {mv} | {ev} | {rt} | {target} | {} |",
-                    met(ok)
-                );
+            let (mv, ev, rt, ok) = if ran(w) {
+                (mv, ev, rt, met(ok))
             } else {
-                let _ = writeln!(t, "| {name} | not run | not run | – | {target} | – |");
+                ("not run".into(), "not run".into(), "–".into(), "–")
+            };
+            if targets {
+                let _ = writeln!(t, "| {name} | {mv} | {ev} | {rt} | {target} | {ok} |");
+            } else if w != "memory" {
+                let _ = writeln!(t, "| {name} | {mv} | {ev} | {rt} |");
             }
         };
     let rate = |x: &crate::stats::Rate| {
@@ -405,6 +421,18 @@ pub(crate) fn write(r: &Results, doc: &Path, plot_dir: &Path) -> anyhow::Result<
         section.push_str(&spread(r));
         section.push('\n');
     }
+    if let Some(c) = &r.cluster {
+        let _ = writeln!(
+            section,
+            "Clusters of {} members, one round: each member a process with its own data \
+             directory on loopback, the generator talking to the leader; CPU per operation is \
+             every member's. The targets are set for a single server; this shows what \
+             replication costs each system.\n",
+            c.nodes
+        );
+        section.push_str(&cluster_table(r, c));
+        section.push('\n');
+    }
     for (name, title, m, e) in plots(r) {
         let file = format!("{name}.svg");
         std::fs::write(plot_dir.join(&file), svg(&title, m, e))?;
@@ -548,7 +576,41 @@ mod tests {
             muster: Default::default(),
             etcd: Default::default(),
             rounds: Vec::new(),
+            cluster: None,
         }
+    }
+
+    #[test]
+    fn a_cluster_round_gets_its_own_table_without_targets_or_memory() {
+        let mut r = results(&[]);
+        let mut c = crate::ClusterRound {
+            nodes: 3,
+            ..Default::default()
+        };
+        c.muster.register.per_second = 9000.0;
+        c.etcd.register.per_second = 3000.0;
+        let t = cluster_table(&r, &c);
+        let rows: Vec<&str> = t.lines().collect();
+        assert_eq!(rows[0], "| workload | Muster | etcd | Muster/etcd |");
+        // Every row of the single-server table but memory.
+        assert_eq!(rows.len(), 2 + 7, "{t}");
+        assert!(
+            rows[2].contains("| 9,000/s (") && rows[2].ends_with("| 3.00× |"),
+            "{t}"
+        );
+        assert!(!t.contains("RSS") && !t.contains("≥"), "{t}");
+
+        r.cluster = Some(c);
+        let dir = tempfile::tempdir().unwrap();
+        let doc = dir.path().join("b.md");
+        std::fs::write(&doc, format!("{BEGIN}\n{END}\n")).unwrap();
+        write(&r, &doc, dir.path()).unwrap();
+        let text = std::fs::read_to_string(&doc).unwrap();
+        assert!(text.contains("Clusters of 3 members, one round"), "{text}");
+        assert!(
+            text.contains("| workload | Muster | etcd | Muster/etcd |\n"),
+            "{text}"
+        );
     }
 
     #[test]

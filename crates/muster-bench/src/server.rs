@@ -42,51 +42,78 @@ fn free_port() -> anyhow::Result<u16> {
 impl Server {
     /// Starts `system` from `binary`, and waits until it serves.
     pub(crate) async fn start(system: System, binary: &Path) -> anyhow::Result<Server> {
-        let dir = tempfile::Builder::new()
-            .prefix(&format!("muster-bench-{}-", system.name()))
-            .tempdir()?;
-        let data = dir.path().join("data");
-        let client = free_port()?;
-        let addr = format!("http://127.0.0.1:{client}");
-        let mut cmd = tokio::process::Command::new(binary);
-        match system {
-            System::Muster => {
-                cmd.arg("server")
-                    .arg("--data-dir")
-                    .arg(&data)
-                    .arg("--http-addr")
-                    .arg(format!("127.0.0.1:{client}"))
-                    .args(["--log", "warn"]);
-            }
-            System::Etcd => {
-                let peer = format!("http://127.0.0.1:{}", free_port()?);
-                cmd.args(["--name", "bench", "--data-dir"])
-                    .arg(&data)
-                    .args(["--listen-client-urls", &addr])
-                    .args(["--advertise-client-urls", &addr])
-                    .args(["--listen-peer-urls", &peer])
-                    .args(["--initial-advertise-peer-urls", &peer])
-                    .args(["--initial-cluster", &format!("bench={peer}")])
-                    .args(["--logger", "zap", "--log-level", "warn"]);
-            }
-        }
-        let log = std::fs::File::create(dir.path().join("server.log"))?;
-        let child = cmd
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .kill_on_drop(true)
-            .spawn()
-            .with_context(|| format!("cannot start {}", binary.display()))?;
-        let pid = child.id().context("the server exited at once")?;
-        let mut server = Server {
-            child,
-            pid,
-            addr,
-            dir,
-        };
+        let mut members = Server::spawn_members(system, binary, 1)?;
+        let mut server = members.remove(0);
         server.wait_ready(system).await?;
         Ok(server)
+    }
+
+    /// Spawns the `nodes` members of one cluster (one a cluster of itself), each on fresh
+    /// loopback ports and a data directory of its own, without waiting for them.
+    fn spawn_members(system: System, binary: &Path, nodes: usize) -> anyhow::Result<Vec<Server>> {
+        // (client port, peer port) of each member; Muster's peers talk to its HTTP port.
+        let ports: Vec<(u16, u16)> = (0..nodes)
+            .map(|_| Ok((free_port()?, free_port()?)))
+            .collect::<anyhow::Result<_>>()?;
+        let initial: Vec<String> = ports
+            .iter()
+            .enumerate()
+            .map(|(i, (client, peer))| match system {
+                System::Muster => format!("{}=http://127.0.0.1:{client}", i + 1),
+                System::Etcd => format!("bench{}=http://127.0.0.1:{peer}", i + 1),
+            })
+            .collect();
+        let mut members = Vec::with_capacity(nodes);
+        for (i, (client, peer)) in ports.iter().enumerate() {
+            let dir = tempfile::Builder::new()
+                .prefix(&format!("muster-bench-{}-", system.name()))
+                .tempdir()?;
+            let data = dir.path().join("data");
+            let addr = format!("http://127.0.0.1:{client}");
+            let mut cmd = tokio::process::Command::new(binary);
+            match system {
+                System::Muster => {
+                    cmd.arg("server")
+                        .arg("--data-dir")
+                        .arg(&data)
+                        .arg("--http-addr")
+                        .arg(format!("127.0.0.1:{client}"))
+                        .args(["--log", "warn"]);
+                    if nodes > 1 {
+                        cmd.args(["--node-id", &(i + 1).to_string()])
+                            .args(["--peers", &initial.join(",")]);
+                    }
+                }
+                System::Etcd => {
+                    let peer = format!("http://127.0.0.1:{peer}");
+                    cmd.args(["--name", &format!("bench{}", i + 1), "--data-dir"])
+                        .arg(&data)
+                        .args(["--listen-client-urls", &addr])
+                        .args(["--advertise-client-urls", &addr])
+                        .args(["--listen-peer-urls", &peer])
+                        .args(["--initial-advertise-peer-urls", &peer])
+                        .args(["--initial-cluster", &initial.join(",")])
+                        .args(["--initial-cluster-state", "new"])
+                        .args(["--logger", "zap", "--log-level", "warn"]);
+                }
+            }
+            let log = std::fs::File::create(dir.path().join("server.log"))?;
+            let child = cmd
+                .stdin(Stdio::null())
+                .stdout(log.try_clone()?)
+                .stderr(log)
+                .kill_on_drop(true)
+                .spawn()
+                .with_context(|| format!("cannot start {}", binary.display()))?;
+            let pid = child.id().context("the server exited at once")?;
+            members.push(Server {
+                child,
+                pid,
+                addr,
+                dir,
+            });
+        }
+        Ok(members)
     }
 
     async fn wait_ready(&mut self, system: System) -> anyhow::Result<()> {
@@ -145,6 +172,84 @@ impl Server {
         self.child.wait().await?;
         Ok(())
     }
+}
+
+/// What a workload runs against: one server, or the members of one cluster. Clients talk to
+/// the leader (a single server leads itself).
+pub(crate) struct Deployment {
+    members: Vec<Server>,
+    leader: usize,
+}
+
+impl Deployment {
+    /// Starts `nodes` members of `system` as one cluster and waits until every one serves and
+    /// one of them leads.
+    pub(crate) async fn start(
+        system: System,
+        binary: &Path,
+        nodes: usize,
+    ) -> anyhow::Result<Deployment> {
+        if nodes <= 1 {
+            let server = Server::start(system, binary).await?;
+            return Ok(Deployment {
+                members: vec![server],
+                leader: 0,
+            });
+        }
+        // All at once: an etcd member serves only once a quorum of its peers runs.
+        let mut members = Server::spawn_members(system, binary, nodes)?;
+        for m in &mut members {
+            m.wait_ready(system).await?;
+        }
+        let leader = find_leader(system, &members).await?;
+        Ok(Deployment { members, leader })
+    }
+
+    /// The client API of the leader.
+    pub(crate) fn addr(&self) -> &str {
+        &self.members[self.leader].addr
+    }
+
+    /// CPU time every member has used so far, in milliseconds.
+    pub(crate) fn cpu_ms(&self) -> anyhow::Result<f64> {
+        self.members.iter().map(Server::cpu_ms).sum()
+    }
+
+    /// Stops every member and removes their data.
+    pub(crate) async fn stop(self) -> anyhow::Result<()> {
+        for m in self.members {
+            m.stop().await?;
+        }
+        Ok(())
+    }
+}
+
+/// The member that leads, once exactly one says so in its metrics (`muster_raft_leader 1`,
+/// `etcd_server_is_leader 1`); within 30 s.
+async fn find_leader(system: System, members: &[Server]) -> anyhow::Result<usize> {
+    let gauge = match system {
+        System::Muster => "muster_raft_leader 1",
+        System::Etcd => "etcd_server_is_leader 1",
+    };
+    let http = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        let mut leading = Vec::new();
+        for (i, m) in members.iter().enumerate() {
+            let text = match http.get(format!("{}/metrics", m.addr)).send().await {
+                Ok(resp) => resp.text().await.unwrap_or_default(),
+                Err(_) => String::new(),
+            };
+            if text.lines().any(|l| l.trim() == gauge) {
+                leading.push(i);
+            }
+        }
+        if let [one] = leading[..] {
+            return Ok(one);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    bail!("no single {} member led within 30 s", system.name())
 }
 
 /// CPU time process `pid` has used so far (user and system, every thread, living or not), in

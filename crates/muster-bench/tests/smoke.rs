@@ -45,62 +45,10 @@ fn a_quick_run_measures_both_systems_and_writes_the_report() {
         serde_json::from_slice(&std::fs::read(&out).expect("results written")).expect("JSON");
     let p = &results["params"];
     for system in ["muster", "etcd"] {
-        let r = &results[system];
-        assert_eq!(
-            r["register"]["operations"], p["instances"],
-            "{system} register"
-        );
-        assert_eq!(r["register"]["errors"], 0, "{system} register errors");
-        // The server's CPU time is read from /proc around each rate workload.
-        assert!(
-            r["register"]["server_cpu_ms"].as_f64().unwrap() > 0.0,
-            "{system} register CPU"
-        );
-        // And the generator's (10 ms ticks: a quick run may use less than one).
-        assert!(
-            r["register"]["generator_cpu_ms"].as_f64().unwrap() >= 0.0,
-            "{system} generator CPU"
-        );
-        let fanout_cpu = r["fanout"]["cpu_ms_per_change"].as_array().unwrap();
-        assert!(
-            fanout_cpu[0].as_f64().unwrap() >= 0.0,
-            "{system} fan-out CPU"
-        );
-        assert!(
-            r["renew"]["operations"].as_u64().unwrap() > 0,
-            "{system} renew"
-        );
-        assert_eq!(r["renew"]["errors"], 0, "{system} renew errors");
-        assert!(
-            r["lookup"]["operations"].as_u64().unwrap() > 0,
-            "{system} lookup"
-        );
-        assert_eq!(r["lookup"]["errors"], 0, "{system} lookup errors");
-        // Muster's lookups again over gRPC; etcd has no second API.
-        let grpc = r["lookup_grpc"]["operations"].as_u64().unwrap();
-        assert_eq!(grpc > 0, system == "muster", "{system} lookup over gRPC");
-        assert_eq!(r["lookup_grpc"]["errors"], 0, "{system} gRPC lookup errors");
-        assert_eq!(r["watch"]["count"], p["changes"], "{system} watch");
-        assert_eq!(r["fanout"]["missed"], 0, "{system} fan-out");
-        assert_eq!(
-            r["fanout"]["each"]["count"].as_u64(),
-            Some(p["watchers"].as_u64().unwrap() * p["fanout_changes"].as_u64().unwrap()),
-            "{system} fan-out: every watcher saw every change"
-        );
-        assert_eq!(r["detection"]["seen_gone"], p["dead"], "{system} detection");
-        // The lease cannot lapse before its TTL ran from the last renewal.
-        let ttl = r["detection"]["ttl_ms"].as_f64().unwrap();
-        assert!(
-            r["detection"]["last_gone_after_renewal_ms"]
-                .as_f64()
-                .unwrap()
-                >= ttl
-        );
-        assert_eq!(
-            r["memory"]["instances"], p["memory_instances"],
-            "{system} memory"
-        );
-        assert!(r["memory"]["rss_after_bytes"].as_u64().unwrap() > 0);
+        every_workload_ran(&results[system], p, system, true);
+        // And once more against clusters of three members (no memory run there).
+        assert_eq!(results["cluster"]["nodes"], 3);
+        every_workload_ran(&results["cluster"][system], p, system, false);
     }
 
     let report = std::fs::read_to_string(&doc).expect("report");
@@ -119,5 +67,67 @@ fn a_quick_run_measures_both_systems_and_writes_the_report() {
             .expect("plot written");
         assert_eq!(svg.matches("<polyline").count(), 2, "{plot}: both systems");
         assert!(report.contains(&format!("(bench/{plot}.svg)")));
+    }
+    assert!(report.contains("Clusters of 3 members, one round"));
+}
+
+/// Every workload of `system` ran to the end (memory only when asked).
+fn every_workload_ran(r: &serde_json::Value, p: &serde_json::Value, system: &str, memory: bool) {
+    assert_eq!(
+        r["register"]["operations"], p["instances"],
+        "{system} register"
+    );
+    assert_eq!(r["register"]["errors"], 0, "{system} register errors");
+    // The server's CPU time is read from /proc around each rate workload.
+    assert!(
+        r["register"]["server_cpu_ms"].as_f64().unwrap() > 0.0,
+        "{system} register CPU"
+    );
+    // And the generator's (10 ms ticks: a quick run may use less than one).
+    assert!(
+        r["register"]["generator_cpu_ms"].as_f64().unwrap() >= 0.0,
+        "{system} generator CPU"
+    );
+    let fanout_cpu = r["fanout"]["cpu_ms_per_change"].as_array().unwrap();
+    assert!(
+        fanout_cpu[0].as_f64().unwrap() >= 0.0,
+        "{system} fan-out CPU"
+    );
+    assert!(
+        r["renew"]["operations"].as_u64().unwrap() > 0,
+        "{system} renew"
+    );
+    assert_eq!(r["renew"]["errors"], 0, "{system} renew errors");
+    assert!(
+        r["lookup"]["operations"].as_u64().unwrap() > 0,
+        "{system} lookup"
+    );
+    assert_eq!(r["lookup"]["errors"], 0, "{system} lookup errors");
+    // Muster's lookups again over gRPC; etcd has no second API.
+    let grpc = r["lookup_grpc"]["operations"].as_u64().unwrap();
+    assert_eq!(grpc > 0, system == "muster", "{system} lookup over gRPC");
+    assert_eq!(r["lookup_grpc"]["errors"], 0, "{system} gRPC lookup errors");
+    assert_eq!(r["watch"]["count"], p["changes"], "{system} watch");
+    assert_eq!(r["fanout"]["missed"], 0, "{system} fan-out");
+    assert_eq!(
+        r["fanout"]["each"]["count"].as_u64(),
+        Some(p["watchers"].as_u64().unwrap() * p["fanout_changes"].as_u64().unwrap()),
+        "{system} fan-out: every watcher saw every change"
+    );
+    assert_eq!(r["detection"]["seen_gone"], p["dead"], "{system} detection");
+    // The lease cannot lapse before its TTL ran from the last renewal.
+    let ttl = r["detection"]["ttl_ms"].as_f64().unwrap();
+    assert!(
+        r["detection"]["last_gone_after_renewal_ms"]
+            .as_f64()
+            .unwrap()
+            >= ttl
+    );
+    if memory {
+        assert_eq!(
+            r["memory"]["instances"], p["memory_instances"],
+            "{system} memory"
+        );
+        assert!(r["memory"]["rss_after_bytes"].as_u64().unwrap() > 0);
     }
 }

@@ -32,11 +32,15 @@ pub(crate) struct Server {
     dir: tempfile::TempDir,
 }
 
-/// A port that was free a moment ago.
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
+/// `n` distinct ports that were free a moment ago (all held until all are chosen).
+fn free_ports(n: usize) -> anyhow::Result<Vec<u16>> {
+    let held = (0..n)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0"))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(held
+        .iter()
+        .map(|l| l.local_addr().map(|a| a.port()))
+        .collect::<Result<_, _>>()?)
 }
 
 impl Server {
@@ -52,9 +56,8 @@ impl Server {
     /// loopback ports and a data directory of its own, without waiting for them.
     fn spawn_members(system: System, binary: &Path, nodes: usize) -> anyhow::Result<Vec<Server>> {
         // (client port, peer port) of each member; Muster's peers talk to its HTTP port.
-        let ports: Vec<(u16, u16)> = (0..nodes)
-            .map(|_| Ok((free_port()?, free_port()?)))
-            .collect::<anyhow::Result<_>>()?;
+        let free = free_ports(2 * nodes)?;
+        let ports: Vec<(u16, u16)> = free.chunks(2).map(|p| (p[0], p[1])).collect();
         let initial: Vec<String> = ports
             .iter()
             .enumerate()
@@ -117,7 +120,7 @@ impl Server {
     }
 
     async fn wait_ready(&mut self, system: System) -> anyhow::Result<()> {
-        let http = reqwest::Client::new();
+        let http = probe_client()?;
         let url = match system {
             System::Muster => format!("{}/readyz", self.addr),
             System::Etcd => format!("{}/health", self.addr),
@@ -210,6 +213,22 @@ impl Deployment {
         &self.members[self.leader].addr
     }
 
+    /// Fails if another member leads now than when the deployment started: the figures would
+    /// mix in a forwarding hop, or an election.
+    pub(crate) async fn check_leader(&self, system: System) -> anyhow::Result<()> {
+        if self.members.len() > 1 {
+            let now = find_leader(system, &self.members).await?;
+            if now != self.leader {
+                bail!(
+                    "leadership moved from member {} to member {} during the run",
+                    self.leader + 1,
+                    now + 1
+                );
+            }
+        }
+        Ok(())
+    }
+
     /// CPU time every member has used so far, in milliseconds.
     pub(crate) fn cpu_ms(&self) -> anyhow::Result<f64> {
         self.members.iter().map(Server::cpu_ms).sum()
@@ -231,7 +250,7 @@ async fn find_leader(system: System, members: &[Server]) -> anyhow::Result<usize
         System::Muster => "muster_raft_leader 1",
         System::Etcd => "etcd_server_is_leader 1",
     };
-    let http = reqwest::Client::new();
+    let http = probe_client()?;
     let deadline = Instant::now() + Duration::from_secs(30);
     while Instant::now() < deadline {
         let mut leading = Vec::new();
@@ -250,6 +269,13 @@ async fn find_leader(system: System, members: &[Server]) -> anyhow::Result<usize
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     bail!("no single {} member led within 30 s", system.name())
+}
+
+/// A client for readiness and metrics probes: a member that hangs fails the probe, not the run.
+fn probe_client() -> anyhow::Result<reqwest::Client> {
+    Ok(reqwest::Client::builder()
+        .timeout(Duration::from_secs(1))
+        .build()?)
 }
 
 /// CPU time process `pid` has used so far (user and system, every thread, living or not), in

@@ -298,19 +298,21 @@ pub struct RaftNode {
 }
 
 /// When to take a snapshot: once the log since the last one holds `every` entries, or as many
-/// entries as the registry held instances when that snapshot was taken, whichever is more.
-/// Encoding a snapshot costs in proportion to the registry, so this keeps its cost per entry
-/// about constant (openraft's `LogsSinceLast(every)` re-encodes a registry of 100,000 instances
-/// every 10,000 entries: ten instances per entry). The log then holds at most as many entries
-/// as the registry instances, beyond `every`: a restart replays about as much as it loads.
+/// entries as the registry held instances when that snapshot was taken (or holds now, if
+/// fewer), whichever is more. Encoding a snapshot costs in proportion to the registry, so this
+/// keeps its cost per entry about constant (openraft's `LogsSinceLast(every)` re-encodes a
+/// registry of 100,000 instances every 10,000 entries: ten instances per entry). The log then
+/// holds at most as many entries as the registry instances, beyond `every`: a restart replays
+/// about as much as it loads.
 #[derive(Debug)]
 struct SnapshotPace {
     every: u64,
     /// The snapshot index last seen, and the registry's size when it was seen.
     snapshot: Option<u64>,
     size_then: u64,
-    /// The applied index a snapshot was last asked at (openraft builds one at a time; this is
-    /// not asked again until as many entries followed it).
+    /// The applied index a snapshot was last asked at. openraft builds one at a time and
+    /// drops a request that comes while it builds, so one asked for and not taken is asked for
+    /// again `every` entries later.
     asked_at: u64,
 }
 
@@ -324,19 +326,24 @@ impl SnapshotPace {
         }
     }
 
-    /// Whether to ask for a snapshot now; `size` is the registry's current size (called only
-    /// when a new snapshot appeared).
-    fn due(&mut self, applied: u64, snapshot: Option<u64>, size: impl FnOnce() -> usize) -> bool {
+    /// Whether to ask for a snapshot now; `size` is the registry's current size (read when a
+    /// new snapshot appears, and once `every` entries followed the last one).
+    fn due(&mut self, applied: u64, snapshot: Option<u64>, size: impl Fn() -> usize) -> bool {
         if snapshot != self.snapshot {
             self.snapshot = snapshot;
             self.size_then = size() as u64;
         }
-        let base = self.asked_at.max(snapshot.unwrap_or(0));
-        if applied >= base.saturating_add(self.every.max(self.size_then)) {
+        let taken = snapshot.unwrap_or(0);
+        let due = if self.asked_at > taken {
+            applied >= self.asked_at.saturating_add(self.every)
+        } else {
+            applied >= taken.saturating_add(self.every)
+                && applied >= taken.saturating_add(self.size_then.min(size() as u64))
+        };
+        if due {
             self.asked_at = applied;
-            return true;
         }
-        false
+        due
     }
 }
 
@@ -1188,10 +1195,20 @@ mod tests {
         let mut pace = SnapshotPace::new(100, 0);
         assert!(!pace.due(1_199, Some(200), || 1_000));
         assert!(pace.due(1_200, Some(200), || 1_000));
-        // The size is taken when a snapshot appears, not at every check.
+        // The size when a snapshot appears paces the next one...
         assert!(!pace.due(1_300, Some(1_200), || 5_000));
-        assert!(!pace.due(6_199, Some(1_200), || panic!("asked again")));
-        assert!(pace.due(6_200, Some(1_200), || panic!("asked again")));
+        assert!(!pace.due(6_199, Some(1_200), || 5_000));
+        assert!(pace.due(6_200, Some(1_200), || 5_000));
+        // ...unless the registry shrank since: then its size now.
+        assert!(!pace.due(6_250, Some(6_200), || 5_000));
+        assert!(pace.due(6_300, Some(6_200), || 10));
+
+        // A request openraft dropped (it was building one) is made again `every` entries later,
+        // not a whole registry's worth later.
+        let mut pace = SnapshotPace::new(100, 0);
+        assert!(pace.due(1_000, Some(500), || 400));
+        assert!(!pace.due(1_099, Some(500), || 400));
+        assert!(pace.due(1_100, Some(500), || 400));
 
         // A node that starts with a large registry and no snapshot waits for as many entries.
         let mut pace = SnapshotPace::new(100, 500);

@@ -154,3 +154,51 @@ async fn snapshots_bound_the_log_and_restore_on_restart() {
     assert!(c["purgedIndex"].as_u64().unwrap() >= purged, "{c}");
     m.stop();
 }
+
+#[tokio::test]
+async fn a_growing_registry_spaces_its_snapshots_by_its_size() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = Muster::start_in(dir.path(), &["--snapshot-every", "100"]);
+    let mut tasks = Vec::new();
+    for w in 0..4 {
+        let (http, url) = (m.http.clone(), m.url("/v1/instances"));
+        tasks.push(tokio::spawn(async move {
+            for i in 0..300 {
+                let body = json!({"service": "grow", "instanceId": format!("g{w}-{i}"), "host": "h", "port": 1});
+                let r = http.post(&url).json_body(&body).send().await.unwrap();
+                assert_eq!(r.status(), 201);
+            }
+        }));
+    }
+    // Every snapshot index seen while 1,200 distinct instances are registered.
+    let mut seen: Vec<u64> = Vec::new();
+    for _ in 0..3000 {
+        let (_, c) = m.get("/v1/cluster").await;
+        if let Some(s) = c["snapshotIndex"].as_u64()
+            && seen.last() != Some(&s)
+        {
+            seen.push(s);
+        }
+        if tasks.iter().all(|t| t.is_finished()) && c["lastApplied"].as_u64() >= Some(1200) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    // The first after `--snapshot-every` entries; each later one after as many entries as the
+    // registry held at the one before (about its index: one instance per entry here), where
+    // a fixed interval would take one every 100 entries.
+    assert!(seen.len() >= 2, "snapshots seen: {seen:?}");
+    assert!(seen[0] >= 100, "{seen:?}");
+    for pair in seen.windows(2) {
+        assert!(pair[1] + 10 >= 2 * pair[0], "snapshots seen: {seen:?}");
+    }
+    let (addr, extra) = (m.addr(), m.extra());
+    m.stop();
+    let m = Muster::restart_after(dir.path(), &addr, &extra);
+    let (_, v) = m.get("/v1/services/grow?status=any").await;
+    assert_eq!(v["instances"].as_array().unwrap().len(), 1200);
+    m.stop();
+}

@@ -273,6 +273,7 @@ pub struct RaftNode {
     node_id: u64,
     /// The latest status, refreshed on every metrics change, for hot paths.
     cached: Arc<arc_swap::ArcSwap<ClusterStatus>>,
+    /// Follows Raft's metrics: refreshes `cached`, and asks for snapshots (`SnapshotPace`).
     refresher: tokio::task::JoinHandle<()>,
     /// Monotonic milliseconds (since `epoch`) when a follower last had its leader confirmed by
     /// a quorum (a read-index round through it succeeded); `u64::MAX` for never.

@@ -546,7 +546,7 @@ where
         );
     }
     drop(d);
-    servers.check_leader(system).await?;
+    r.leader_moved = servers.leader_moved(system).await?;
     servers.stop().await?;
     if !memory || !runs(Workload::Memory) {
         return Ok(r);

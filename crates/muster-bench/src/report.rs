@@ -87,7 +87,21 @@ pub(crate) fn table(r: &Results) -> String {
 /// The table of the round against clusters: the same rows but memory, without targets (they
 /// are set for a single server).
 pub(crate) fn cluster_table(r: &Results, c: &crate::ClusterRound) -> String {
-    comparison(r, &c.muster, &c.etcd, false)
+    let mut t = comparison(r, &c.muster, &c.etcd, false);
+    let moved: Vec<&str> = [("Muster", &c.muster), ("etcd", &c.etcd)]
+        .into_iter()
+        .filter(|(_, s)| s.leader_moved)
+        .map(|(name, _)| name)
+        .collect();
+    if !moved.is_empty() {
+        let _ = writeln!(
+            t,
+            "\nLeadership moved during the round ({}): some operations went through a \
+             follower, or waited out an election.",
+            moved.join(", ")
+        );
+    }
+    t
 }
 
 fn comparison(r: &Results, m: &SystemResults, e: &SystemResults, targets: bool) -> String {
@@ -599,6 +613,14 @@ mod tests {
             "{t}"
         );
         assert!(!t.contains("RSS") && !t.contains("≥"), "{t}");
+        assert!(!t.contains("Leadership moved"), "{t}");
+        c.etcd.leader_moved = true;
+        let moved = cluster_table(&r, &c);
+        assert!(
+            moved.contains("Leadership moved during the round (etcd)"),
+            "{moved}"
+        );
+        c.etcd.leader_moved = false;
 
         r.cluster = Some(c);
         let dir = tempfile::tempdir().unwrap();

@@ -187,6 +187,10 @@ pub(crate) struct SystemResults {
     pub(crate) fanout: Fanout,
     pub(crate) detection: Detection,
     pub(crate) memory: Memory,
+    /// Another member led at the end of the run than at its start (clusters only): some
+    /// operations went through a follower, or waited out an election.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub(crate) leader_moved: bool,
 }
 
 /// The element whose `key` is the median (the lower middle for an even count).
@@ -219,6 +223,7 @@ impl SystemResults {
             fanout: pick(&|r| r.fanout.all.p99_us as f64).fanout,
             detection: pick(&|r| r.detection.last_gone_after_renewal_ms).detection,
             memory: first.memory.clone(),
+            leader_moved: rounds.iter().any(|r| r.leader_moved),
         }
     }
 

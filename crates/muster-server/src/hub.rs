@@ -184,7 +184,7 @@ impl ServiceView {
                 .filter(|k| !healthy(k))
                 .map(|k| json[k].len())
                 .sum();
-            let (mut buf, ranges) = self.assemble(kept.iter().map(|&k| &json[k]), left_out);
+            let (mut buf, ranges) = self.assemble(b"{", kept.iter().map(|&k| &json[k]), left_out);
             let answer_len = buf.len();
             let mut spans = vec![Span::default(); json.len()];
             for (&k, range) in kept.iter().zip(ranges) {
@@ -205,16 +205,19 @@ impl ServiceView {
         })
     }
 
-    /// `{"service":..,"index":..,"instances":[..]}` of `parts`, and where each part lies in it;
-    /// with room for `extra` bytes after it.
+    /// `{"service":..,"index":..,"instances":[..]}` of `parts` (`head` is its opening, `{` or
+    /// `{` and fields before these), and where each part lies in it; with room for `extra`
+    /// bytes after it.
     fn assemble<P: AsRef<[u8]>>(
         &self,
+        head: &[u8],
         parts: impl Iterator<Item = P> + Clone,
         extra: usize,
     ) -> (BytesMut, Vec<std::ops::Range<usize>>) {
         let len: usize = parts.clone().map(|j| j.as_ref().len() + 1).sum();
-        let mut out = BytesMut::with_capacity(64 + self.service.len() + len + extra);
-        out.put_slice(b"{\"service\":");
+        let mut out = BytesMut::with_capacity(64 + head.len() + self.service.len() + len + extra);
+        out.put_slice(head);
+        out.put_slice(b"\"service\":");
         put_json_str(&mut out, &self.service);
         out.put_slice(format!(",\"index\":{},\"instances\":[", self.index).as_bytes());
         let mut ranges = Vec::new();
@@ -245,25 +248,16 @@ impl ServiceView {
             .enumerate()
             .filter(|(_, i)| keep(i))
             .map(|(k, _)| encoded.json_ref(k));
-        self.assemble(parts, 0).0.freeze()
+        self.assemble(b"{", parts, 0).0.freeze()
     }
 
     /// The SSE `snapshot` frame: every instance, any status.
     pub fn snapshot_frame(&self) -> Bytes {
         self.snapshot_frame
             .get_or_init(|| {
-                let mut data = BytesMut::new();
-                data.put_slice(b"{\"type\":\"snapshot\",\"service\":");
-                put_json_str(&mut data, &self.service);
-                data.put_slice(format!(",\"index\":{},\"instances\":[", self.index).as_bytes());
                 let encoded = self.encoded();
-                for k in 0..self.instances.len() {
-                    if k > 0 {
-                        data.put_u8(b',');
-                    }
-                    data.put_slice(encoded.json_ref(k));
-                }
-                data.put_slice(b"]}");
+                let parts = (0..self.instances.len()).map(|k| encoded.json_ref(k));
+                let (data, _) = self.assemble(b"{\"type\":\"snapshot\",", parts, 0);
                 sse_frame("snapshot", self.index, &data)
             })
             .clone()
